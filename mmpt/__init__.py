@@ -1,0 +1,1 @@
+"""mmpt: parameter-efficient multi-task transfer learning."""

@@ -1,0 +1,78 @@
+"""Token ids for a split (`EncodedSplit`) and dynamic padding of a batch (`collate`)."""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+from mmpt.data.base import Example
+from mmpt.errors import ConfigError
+
+IGNORE = -100  # target padding: ignored by cross-entropy, and marks "no token" in choice_ids
+
+
+def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids of each text, at most max_length - 1 of them, then EOS: truncation never drops
+    EOS, which T5 needs to see where the source ends."""
+    if not texts:
+        return []
+    ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length - 1)
+    return [list(x) + [tokenizer.eos_token_id] for x in ids["input_ids"]]
+
+
+class EncodedSplit(Dataset):
+    """Examples tokenized once, up front. Items are dicts: input_ids (list), choices (token ids
+    of every verbalizer; per item, so that tasks with different choice sets can be mixed),
+    label, task_id, index (position in `examples`)."""
+
+    def __init__(self, examples: list[Example], tokenizer, max_length: int, verbalizers: list[str],
+                 max_target_length: int = 16, task_id: int = 0):
+        if max_length < 2 or max_target_length < 2:
+            raise ConfigError("dataset.max_length", "source and target lengths must be >= 2 "
+                              f"(a token and EOS), got {max_length} and {max_target_length}")
+        if tokenizer.eos_token_id is None:
+            raise ConfigError("model", "the tokenizer has no eos_token; sources must end with one")
+        bad = [ex.id for ex in examples if not 0 <= ex.label < len(verbalizers)]
+        if bad:
+            raise ValueError(f"labels outside the {len(verbalizers)} verbalizers, e.g. example {bad[0]}")
+        self.examples, self.verbalizers, self.task_id = examples, verbalizers, task_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.input_ids = encode(tokenizer, [ex.text for ex in examples], max_length)
+        self.choices = encode(tokenizer, verbalizers, max_target_length)
+        self.lengths = [len(x) for x in self.input_ids]  # for length bucketing
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.input_ids[i], "choices": self.choices,
+                "label": self.examples[i].label, "task_id": self.task_id, "index": i}
+
+
+def collate(items: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Pad to the longest source / target / choice count of this batch (not a global max)."""
+    B = len(items)
+    S = max(len(it["input_ids"]) for it in items)
+    C = max(len(it["choices"]) for it in items)
+    T = max(len(c) for it in items for c in it["choices"])
+    input_ids = torch.full((B, S), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((B, S), dtype=torch.long)
+    choice_ids = torch.full((B, C, T), IGNORE, dtype=torch.long)
+    choice_mask = torch.zeros((B, C), dtype=torch.bool)
+    for b, it in enumerate(items):
+        n = len(it["input_ids"])
+        input_ids[b, :n] = torch.tensor(it["input_ids"])
+        attention_mask[b, :n] = 1
+        for c, ids in enumerate(it["choices"]):
+            choice_ids[b, c, :len(ids)] = torch.tensor(ids)
+            choice_mask[b, c] = True
+    label = torch.tensor([it["label"] for it in items], dtype=torch.long)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": choice_ids[torch.arange(B), label].clone(),  # the gold choice's target ids
+        "choice_ids": choice_ids,
+        "choice_mask": choice_mask,
+        "label": label,
+        "task_id": torch.tensor([it["task_id"] for it in items], dtype=torch.long),
+        "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+    }

@@ -1,0 +1,108 @@
+"""Checkpoints: trainable parameters (safetensors) + optimizer, schedule, RNG and data position.
+
+Writes go to `<dir>.tmp`, which is renamed into place only once complete, so a crash mid-save
+never leaves a loadable broken checkpoint: readers accept a directory only if it holds COMPLETE.
+"""
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from mmpt.errors import CheckpointError
+
+WEIGHTS, STATE, META, DONE = "trainable.safetensors", "state.pt", "meta.json", "COMPLETE"
+
+
+def trainable_state(model) -> dict:
+    return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(path, model, meta: dict, state: dict | None = None) -> None:
+    """Atomically write a checkpoint directory at `path` (replacing any previous one)."""
+    path = Path(path)
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = trainable_state(model)
+    save_file(weights, tmp / WEIGHTS)
+    shapes = {n: list(t.shape) for n, t in weights.items()}
+    (tmp / META).write_text(json.dumps({**meta, "params": shapes}, indent=1))
+    if state is not None:
+        torch.save({**state, "rng": rng_state()}, tmp / STATE)
+    (tmp / DONE).write_text("ok\n")
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find(path) -> Path | None:
+    """The complete checkpoint at `path`, or the previous one if a swap was interrupted."""
+    for p in (Path(path), Path(str(path) + ".old")):
+        if (p / DONE).exists():
+            return p
+    return None
+
+
+def read_meta(path) -> dict:
+    try:
+        return json.loads((Path(path) / META).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {path}: unreadable {META} ({e})") from None
+
+
+def load_weights(path, model, strict: bool = True, skip=()) -> dict:
+    """Load the trainable weights into `model`; refuse any mismatch of names or shapes."""
+    path = Path(path)
+    if not (path / DONE).exists():
+        raise CheckpointError(f"{path} is not a complete mmpt checkpoint (no {DONE} marker)")
+    try:
+        weights = load_file(path / WEIGHTS)
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"checkpoint {path / WEIGHTS} cannot be read: {e}") from None
+    own = dict(model.named_parameters())
+    meta = read_meta(path)
+    unknown = sorted(set(weights) - set(own))
+    if unknown:
+        raise CheckpointError(f"checkpoint {path} (method `{meta.get('method')}`) has parameters this "
+                              f"model lacks, e.g. {unknown[:3]}")
+    for name, tensor in weights.items():
+        if own[name].shape != tensor.shape:
+            raise CheckpointError(f"checkpoint {path}: `{name}` has shape {list(tensor.shape)}, "
+                                  f"the model expects {list(own[name].shape)}")
+    wanted = {n for n, p in own.items() if p.requires_grad} - set(skip)
+    missing = sorted(wanted - set(weights))
+    if strict and missing:
+        raise CheckpointError(f"checkpoint {path} lacks trainable parameters of this model, e.g. {missing[:3]}")
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            if name not in skip:
+                own[name].copy_(tensor)
+    return meta
+
+
+def load_state(path) -> dict:
+    try:
+        return torch.load(Path(path) / STATE, weights_only=False)
+    except (OSError, RuntimeError, EOFError) as e:
+        raise CheckpointError(f"checkpoint {path}: cannot read training state ({e})") from None

@@ -1,0 +1,163 @@
+"""The training loop: accumulation, clipping, schedule, periodic eval, best-val selection, resume.
+
+Checkpoints are taken only at optimizer-step boundaries (after each eval), together with the RNG
+state and the position in the epoch, so a resumed run replays exactly what an uninterrupted run
+would have done.
+"""
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from mmpt.engine import checkpoint
+from mmpt.engine.evaluate import evaluate
+from mmpt.engine.optim import build_optimizer
+from mmpt.errors import ConfigError, MMPTError
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(MMPTError):
+    """Training cannot go on (e.g. the loss became NaN)."""
+
+
+@dataclass
+class Progress:
+    step: int = 0            # optimizer steps taken
+    epoch: int = 0
+    batch: int = 0           # micro-batches consumed in the current epoch
+    best: float = -math.inf  # best val main metric so far
+    best_step: int = -1
+    bad_evals: int = 0       # evals since the last improvement (patience)
+    evaluated_at: int = -1
+    train_time_s: float = 0.0
+
+
+def schedule_length(tcfg, batches_per_epoch: int) -> int:
+    """Total optimizer steps: trainer.max_steps if set, else epochs x steps per epoch."""
+    accum = tcfg.grad_accum
+    per_epoch = math.ceil(batches_per_epoch / accum)
+    if tcfg.get("max_steps"):
+        return int(tcfg.max_steps)
+    return int(tcfg.epochs) * per_epoch
+
+
+def validate_trainer(t) -> None:
+    for key in ("batch_size", "grad_accum"):
+        if not isinstance(t.get(key), int) or t.get(key) < 1:
+            raise ConfigError(f"trainer.{key}", f"expected an integer >= 1, got {t.get(key)!r}")
+    if not t.get("max_steps") and not (isinstance(t.get("epochs"), int) and t.epochs >= 1):
+        raise ConfigError("trainer.epochs", "set trainer.epochs >= 1 or trainer.max_steps >= 1")
+    if t.get("max_steps") is not None and (not isinstance(t.max_steps, int) or t.max_steps < 0):
+        raise ConfigError("trainer.max_steps", f"expected null or an integer >= 1, got {t.max_steps!r}")
+    if t.get("eval_mode") not in ("rank", "generate"):
+        raise ConfigError("trainer.eval_mode", f"expected 'rank' or 'generate', got {t.get('eval_mode')!r}")
+    for key in ("eval_every", "patience"):
+        v = t.get(key)
+        if v is not None and (not isinstance(v, int) or v < 0):
+            raise ConfigError(f"trainer.{key}", f"expected null or an integer >= 0, got {v!r}")
+    if t.get("grad_clip") is not None and t.grad_clip <= 0:
+        raise ConfigError("trainer.grad_clip", f"expected null or a positive norm, got {t.grad_clip}")
+
+
+class Trainer:
+    """Fits `model` on data.train, selecting on data.val; `run_dir/checkpoints/{last,best}`."""
+
+    def __init__(self, model, data, cfg, run_dir, logger, resume: bool = False):
+        self.model, self.data, self.cfg, self.t = model, data, cfg, cfg.trainer
+        self.logger, self.ckpt = logger, run_dir / "checkpoints"
+        self.main = data.task.main_metric
+        self.total = schedule_length(self.t, data.train_batches)
+        self.opt, self.sched, self.groups = build_optimizer(model, cfg.optimizer, self.total)
+        self.p = Progress()
+        self.meta = {"method": cfg.method.name, "model": cfg.model.get("name_or_path") or cfg.model.get("build")}
+        if resume:
+            self._resume()
+
+    def _resume(self) -> None:
+        last = checkpoint.find(self.ckpt / "last")
+        if last is None:
+            log.warning("resume=true but no checkpoint in %s: starting from scratch", self.ckpt)
+            return
+        checkpoint.load_weights(last, self.model)
+        state = checkpoint.load_state(last)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.p = Progress(**state["progress"])
+        checkpoint.set_rng_state(state["rng"])
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", last, self.p.step, self.p.epoch, self.p.batch)
+
+    def _save_last(self) -> None:
+        state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                 "progress": asdict(self.p)}
+        checkpoint.save(self.ckpt / "last", self.model, self.meta, state)
+
+    def _eval(self) -> bool:
+        """Evaluate on val, keep the best weights, save `last`; return True to stop early."""
+        metrics, _, stats = evaluate(self.model, self.data.loader("val"), self.data.val, self.data.task,
+                                     self.t.eval_mode, self.t.max_new_tokens)
+        score = metrics[self.main]
+        self.p.evaluated_at = self.p.step
+        if score > self.p.best:
+            self.p.best, self.p.best_step, self.p.bad_evals = score, self.p.step, 0
+            checkpoint.save(self.ckpt / "best", self.model, {**self.meta, "step": self.p.step})
+        else:
+            self.p.bad_evals += 1
+        self.logger.log("eval", {**{f"val/{k}": v for k, v in metrics.items()}, **stats,
+                                 "val/best": self.p.best, "epoch": self.p.epoch}, self.p.step)
+        self._save_last()
+        return bool(self.t.patience) and self.p.bad_evals >= self.t.patience
+
+    def _step(self) -> None:
+        if self.t.grad_clip:
+            params = [p for g in self.opt.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.t.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.p.step += 1
+
+    def fit(self) -> Progress:
+        for name, n, lr, wd in self.groups:
+            log.info("group %-16s %10d params  lr %.2e  weight_decay %.1e", name, n, lr, wd)
+        self.model.train()
+        accum, stop = self.t.grad_accum, self.p.step >= self.total
+        bar = tqdm(total=self.total, initial=self.p.step, desc="train", dynamic_ncols=True,
+                   disable=not self.logger.enabled)
+        while not stop:
+            start, micro, loss_sum = time.perf_counter(), 0, 0.0
+            for batch in self.data.loader("train", epoch=self.p.epoch, skip=self.p.batch):
+                loss, _ = self.model(batch)
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"loss is {loss.item()} at step {self.p.step} (epoch {self.p.epoch}); "
+                                        "lower the learning rates (optimizer.groups.*.lr) or enable trainer.grad_clip")
+                (loss / accum).backward()
+                micro, self.p.batch, loss_sum = micro + 1, self.p.batch + 1, loss_sum + loss.item()
+                last_batch = self.p.batch == self.data.train_batches
+                if micro % accum and not last_batch:
+                    continue
+                self._step()
+                bar.update(1)
+                lrs = {f"lr/{g['name']}": g["lr"] for g in self.opt.param_groups}
+                bar.set_postfix(loss=f"{loss_sum / micro:.4f}", lr=f"{self.opt.param_groups[0]['lr']:.2e}")
+                if self.p.step % self.t.log_every == 0:
+                    self.logger.log("train", {"train/loss": loss_sum / micro, **lrs, "epoch": self.p.epoch},
+                                    self.p.step)
+                micro, loss_sum = 0, 0.0
+                if last_batch:  # the epoch ends here: the position rolls over before any save
+                    self.p.epoch, self.p.batch = self.p.epoch + 1, 0
+                self.p.train_time_s += time.perf_counter() - start
+                start = time.perf_counter()
+                if (self.t.eval_every and self.p.step % self.t.eval_every == 0) or last_batch:
+                    stop = self._eval()
+                if self.p.step >= self.total:
+                    stop = True
+                if stop:
+                    break
+        bar.close()
+        if self.p.evaluated_at != self.p.step:
+            self._eval()
+        return self.p

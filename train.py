@@ -1,0 +1,18 @@
+"""Train one method on one task (or a mixture):  python train.py method=prefix dataset=rte
+
+Thin Hydra wrapper around mmpt.experiment.train; returns the optimized metric to sweepers.
+"""
+import hydra
+
+from mmpt.cli import main_wrapper
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg):
+    from mmpt.experiment import train
+
+    return main_wrapper(train, cfg)
+
+
+if __name__ == "__main__":
+    main()
