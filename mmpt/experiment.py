@@ -72,7 +72,7 @@ def train(cfg) -> dict:
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.method)
+    model = build_model(cfg.model, cfg.method, cfg.get("router"))
     data = load_task_data(cfg, model.tokenizer, cfg.seed)
     logger = RunLogger(out, cfg)
     trainer = Trainer(model, data, cfg, out, logger, resume=cfg.get("resume", False))
@@ -87,6 +87,9 @@ def train(cfg) -> dict:
     metrics.update(best_step=progress.best_step, trainable_params=n_train,
                    train_time_s=round(progress.train_time_s, 2), optimized_metric_key=main,
                    total_time_s=round(time.perf_counter() - start, 2))
+    if hasattr(model.method, "save_figures"):  # e.g. learned mask gates, routing heatmaps
+        for key, path in model.method.save_figures(out).items():
+            logger.image(key, path)
     logger.finish(metrics)
     log.info("final: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                                      if k.startswith(("val/", "test/")) and isinstance(v, float)))

@@ -45,5 +45,5 @@ def evaluate(model, loader, examples, task, mode="rank", max_new_tokens=10):
         metrics["invalid_rate"] = sum(p < 0 for p in order) / max(len(order), 1)
     rows = [{"id": ex.id, "prediction": verbalizers[p] if p >= 0 else None,
              "label": verbalizers[ex.label]} for ex, p in zip(examples, order)]
-    stats = model.method.eval_stats(aux) if hasattr(model.method, "eval_stats") else {}
+    stats = model.method.eval_stats(aux)
     return metrics, rows, stats

@@ -8,7 +8,16 @@ from mmpt.methods.prompt_tuning import PromptTuning
 METHODS = {"full": Full, "prompt_tuning": PromptTuning, "prefix": Prefix, "lora": LoRA}
 
 
-def build_method(cfg, backbone, info):
+def build_method(cfg, backbone, info, router_cfg=None):
+    """Methods with `uses_router = True` get the `router` config group; others refuse one."""
     if cfg.name not in METHODS:
         raise ConfigError("method.name", f"expected one of {sorted(METHODS)}, got {cfg.name!r}")
-    return METHODS[cfg.name](cfg, backbone, info)
+    cls = METHODS[cfg.name]
+    routed = router_cfg is not None and router_cfg.get("name", "none") != "none"
+    if getattr(cls, "uses_router", False):
+        if not routed:
+            raise ConfigError("router", f"method {cfg.name} needs a router; choose one in conf/router/")
+        return cls(cfg, backbone, info, router_cfg)
+    if routed:
+        raise ConfigError("router", f"method {cfg.name} uses no router; set router=none")
+    return cls(cfg, backbone, info)

@@ -42,6 +42,10 @@ class Method(nn.Module, abc.ABC):
     def param_groups(self) -> dict:
         """{group name: [parameters]}: exactly the parameters this method trains."""
 
+    def eval_stats(self, aux: list[dict]) -> dict:
+        """Diagnostics over one evaluation, from the `aux` dicts `prepare` returned per batch."""
+        return {}
+
     def placement_sites(self, placement: str) -> list[str]:
         stacks = PLACEMENTS[placement]
         return [s for s in self.info["sites"] if s.split(".")[0] in stacks]
