@@ -1,7 +1,26 @@
 """Evaluation: rank classification (default) or greedy generation, then the task's metrics."""
+import contextlib
+import logging
 import re
 
 import torch
+
+from mmpt.engine import distributed
+
+log = logging.getLogger(__name__)
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def autocast(device, precision: str | None):
+    """bf16 autocast on GPU; CPU runs stay in fp32 (bf16 matmuls are slow and lossy there)."""
+    if precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if precision == "bf16":
+        log.warning("trainer.precision=bf16 applies on GPU only; this CPU run uses fp32")
+    return contextlib.nullcontext()
 
 
 def normalise(text: str) -> str:
@@ -9,36 +28,47 @@ def normalise(text: str) -> str:
 
 
 @torch.no_grad()
-def predict(model, loader, choices_of, mode: str = "rank", max_new_tokens: int = 10):
+def predict(model, loader, choices_of, mode: str = "rank", max_new_tokens: int = 10, precision=None):
     """Return ({index: predicted choice, -1 if no label matched}, [aux dicts]).
 
-    choices_of(index) gives the verbalizers of example `index`.
+    choices_of(index) gives the verbalizers of example `index`. In a distributed run every process
+    scores its rows of each batch and the predictions are gathered, so all processes return all.
     """
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     preds, aux_all = {}, []
     for batch in loader:
+        batch = to_device(distributed.shard(batch), device)
         idx = batch["index"].tolist()
+        if not idx:
+            continue
+        with autocast(device, precision):
+            result = model.score(batch) if mode == "rank" else model.generate(batch, max_new_tokens)
         if mode == "rank":
-            scores, aux = model.score(batch)
+            scores, aux = result
             pred = scores.argmax(-1).tolist()
         else:
-            ids, aux = model.generate(batch, max_new_tokens)
+            ids, aux = result
             texts = model.tokenizer.batch_decode(ids, skip_special_tokens=True)
             pred = []
             for i, text in zip(idx, texts):
                 names = [normalise(c) for c in choices_of(i)]
                 pred.append(names.index(normalise(text)) if normalise(text) in names else -1)
         preds.update(zip(idx, pred))
-        aux_all.append(aux)
+        aux_all.append({k: v.cpu() if torch.is_tensor(v) else v for k, v in aux.items()})
     model.train(was_training)
+    if distributed.world_size() > 1:
+        parts = distributed.gather_objects((preds, aux_all))
+        preds = {i: p for part, _ in parts for i, p in part.items()}
+        aux_all = [a for _, part in parts for a in part]
     return preds, aux_all
 
 
-def evaluate(model, loader, examples, task, mode="rank", max_new_tokens=10):
+def evaluate(model, loader, examples, task, mode="rank", max_new_tokens=10, precision=None):
     """Metrics (with `invalid_rate` in generate mode), prediction rows and routing diagnostics."""
     verbalizers = task.verbalizers
-    preds, aux = predict(model, loader, lambda i: verbalizers, mode, max_new_tokens)
+    preds, aux = predict(model, loader, lambda i: verbalizers, mode, max_new_tokens, precision)
     order = [preds[i] for i in range(len(examples))]
     metrics = task.metrics(order, examples)
     if mode == "generate":

@@ -4,18 +4,22 @@ import logging
 import os
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import OmegaConf
+
+from mmpt.engine import distributed
 
 log = logging.getLogger(__name__)
 
 
 class RunLogger:
-    def __init__(self, run_dir, cfg, enabled: bool = True):
+    def __init__(self, run_dir, cfg, enabled: bool | None = None):
         self.dir = Path(run_dir)
-        self.enabled = enabled  # only rank 0 writes in distributed runs
+        self.enabled = distributed.is_main() if enabled is None else enabled  # only rank 0 writes
         self.wandb = None
         lcfg = cfg.get("logger") or {}
-        if enabled and lcfg.get("name") == "wandb":
+        if self.enabled and lcfg.get("name") == "wandb":
             self.wandb = _start_wandb(lcfg, cfg, self.dir)
 
     def log(self, event: str, values: dict, step: int) -> None:
@@ -50,9 +54,18 @@ def _start_wandb(lcfg, cfg, run_dir):
         mode = "offline"
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("logger", None)  # never store credentials or logger internals in the run config
-    return wandb.init(project=lcfg.get("project"), entity=lcfg.get("entity"), group=lcfg.get("group"),
+    return wandb.init(project=lcfg.get("project"), entity=lcfg.get("entity"), group=lcfg.get("group") or _sweep_group(),
                       name=lcfg.get("name_run"), tags=list(lcfg.get("tags") or []), mode=mode,
                       dir=str(run_dir), config=config, reinit="finish_previous")
+
+
+def _sweep_group() -> str | None:
+    """Runs of one Hydra multirun share a W&B group named after the sweep (study name or dir)."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hc = HydraConfig.get()
+    study = OmegaConf.select(hc, "sweeper.study_name", default=None)
+    return f"{study}-{Path(hc.sweep.dir).name}" if study else Path(hc.sweep.dir).name
 
 
 def _has_netrc_key() -> bool:

@@ -10,10 +10,11 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from mmpt.engine import checkpoint
-from mmpt.engine.evaluate import evaluate
+from mmpt.engine import checkpoint, distributed
+from mmpt.engine.evaluate import autocast, evaluate, to_device
 from mmpt.engine.optim import build_optimizer
 from mmpt.errors import ConfigError, MMPTError
 
@@ -59,6 +60,8 @@ def validate_trainer(t) -> None:
         v = t.get(key)
         if v is not None and (not isinstance(v, int) or v < 0):
             raise ConfigError(f"trainer.{key}", f"expected null or an integer >= 0, got {v!r}")
+    if t.get("precision", "fp32") not in ("fp32", "bf16"):
+        raise ConfigError("trainer.precision", f"expected 'fp32' or 'bf16', got {t.get('precision')!r}")
     if t.get("grad_clip") is not None and t.grad_clip <= 0:
         raise ConfigError("trainer.grad_clip", f"expected null or a positive norm, got {t.grad_clip}")
 
@@ -70,6 +73,12 @@ class Trainer:
         self.model, self.data, self.cfg, self.t = model, data, cfg, cfg.trainer
         self.logger, self.ckpt = logger, run_dir / "checkpoints"
         self.main = data.task.main_metric
+        self.device = distributed.device()
+        model.to(self.device)
+        # DDP averages gradients across processes; routes/skills a batch does not use get none.
+        self.net = model if distributed.world_size() == 1 else DistributedDataParallel(
+            model, find_unused_parameters=True,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.total = schedule_length(self.t, data.train_batches)
         self.opt, self.sched, self.groups = build_optimizer(model, cfg.optimizer, self.total)
         self.p = Progress()
@@ -93,17 +102,20 @@ class Trainer:
     def _save_last(self) -> None:
         state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                  "progress": asdict(self.p)}
-        checkpoint.save(self.ckpt / "last", self.model, self.meta, state)
+        if distributed.is_main():
+            checkpoint.save(self.ckpt / "last", self.model, self.meta, state)
+        distributed.barrier()
 
     def _eval(self) -> bool:
         """Evaluate on val, keep the best weights, save `last`; return True to stop early."""
         metrics, _, stats = evaluate(self.model, self.data.loader("val"), self.data.val, self.data.task,
-                                     self.t.eval_mode, self.t.max_new_tokens)
+                                     self.t.eval_mode, self.t.max_new_tokens, self.t.get("precision"))
         score = metrics[self.main]
         self.p.evaluated_at = self.p.step
         if score > self.p.best:
             self.p.best, self.p.best_step, self.p.bad_evals = score, self.p.step, 0
-            checkpoint.save(self.ckpt / "best", self.model, {**self.meta, "step": self.p.step})
+            if distributed.is_main():
+                checkpoint.save(self.ckpt / "best", self.model, {**self.meta, "step": self.p.step})
         else:
             self.p.bad_evals += 1
         self.logger.log("eval", {**{f"val/{k}": v for k, v in metrics.items()}, **stats,
@@ -120,6 +132,17 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         self.p.step += 1
 
+    def _loss(self, global_batch):
+        """This process's share of the mean token loss of the global batch."""
+        batch = to_device(distributed.shard(global_batch), self.device)
+        with autocast(self.device, self.t.get("precision")):
+            loss, _ = self.net(batch)
+        n = distributed.world_size()
+        if n > 1:  # weight by tokens so the DDP average equals the single-process mean
+            local = (batch["labels"] != -100).sum()
+            loss = loss * local * n / distributed.all_sum(local)
+        return loss.float()
+
     def fit(self) -> Progress:
         for name, n, lr, wd in self.groups:
             log.info("group %-16s %10d params  lr %.2e  weight_decay %.1e", name, n, lr, wd)
@@ -130,7 +153,7 @@ class Trainer:
         while not stop:
             start, micro, loss_sum = time.perf_counter(), 0, 0.0
             for batch in self.data.loader("train", epoch=self.p.epoch, skip=self.p.batch):
-                loss, _ = self.model(batch)
+                loss = self._loss(batch)
                 if not torch.isfinite(loss):
                     raise TrainingError(f"loss is {loss.item()} at step {self.p.step} (epoch {self.p.epoch}); "
                                         "lower the learning rates (optimizer.groups.*.lr) or enable trainer.grad_clip")
