@@ -53,7 +53,7 @@ def session():
 def shard(batch: dict, r: int | None = None, n: int | None = None) -> dict:
     """This process's rows of a global batch (rows r, r+n, ...)."""
     r, n = rank() if r is None else r, world_size() if n is None else n
-    return batch if n == 1 else {k: v[r::n] for k, v in batch.items()}
+    return batch if n == 1 else {k: v[r::n].contiguous() for k, v in batch.items()}
 
 
 def barrier() -> None:

@@ -138,10 +138,12 @@ class Trainer:
         with autocast(self.device, self.t.get("precision")):
             loss, _ = self.net(batch)
         n = distributed.world_size()
-        if n > 1:  # weight by tokens so the DDP average equals the single-process mean
-            local = (batch["labels"] != -100).sum()
-            loss = loss * local * n / distributed.all_sum(local)
-        return loss.float()
+        if n == 1:
+            return loss.float(), loss.item()
+        # Weight by tokens so that DDP's gradient average equals the single-process mean loss.
+        local = (batch["labels"] != -100).sum()
+        loss = loss.float() * local * n / distributed.all_sum(local)
+        return loss, distributed.all_sum(loss.detach()).item() / n
 
     def fit(self) -> Progress:
         for name, n, lr, wd in self.groups:
@@ -153,12 +155,12 @@ class Trainer:
         while not stop:
             start, micro, loss_sum = time.perf_counter(), 0, 0.0
             for batch in self.data.loader("train", epoch=self.p.epoch, skip=self.p.batch):
-                loss = self._loss(batch)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"loss is {loss.item()} at step {self.p.step} (epoch {self.p.epoch}); "
+                loss, value = self._loss(batch)
+                if not math.isfinite(value):
+                    raise TrainingError(f"loss is {value} at step {self.p.step} (epoch {self.p.epoch}); "
                                         "lower the learning rates (optimizer.groups.*.lr) or enable trainer.grad_clip")
                 (loss / accum).backward()
-                micro, self.p.batch, loss_sum = micro + 1, self.p.batch + 1, loss_sum + loss.item()
+                micro, self.p.batch, loss_sum = micro + 1, self.p.batch + 1, loss_sum + value
                 last_batch = self.p.batch == self.data.train_batches
                 if micro % accum and not last_batch:
                     continue
