@@ -10,6 +10,7 @@ from hydra.types import RunMode
 from omegaconf import open_dict
 
 from mmpt.engine import distributed
+from mmpt.experiment import run_dir
 from mmpt.errors import ConfigError, MMPTError
 
 log = logging.getLogger("mmpt")
@@ -17,12 +18,6 @@ log = logging.getLogger("mmpt")
 
 def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def run_dir(cfg) -> Path:
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return Path(cfg.paths.output_dir)
 
 
 def over_seeds(fn, cfg) -> dict:

@@ -5,11 +5,11 @@ import time
 from pathlib import Path
 
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from transformers import set_seed
 
 from mmpt.data import EncodedSplit, get_task, load_splits, make_loader, num_batches, resolve_data_dir
+from mmpt.data.mixture import load_mixture, num_tasks
 from mmpt.engine import checkpoint
 from mmpt.engine.evaluate import evaluate
 from mmpt.engine.logging import RunLogger
@@ -23,11 +23,12 @@ log = logging.getLogger(__name__)
 class TaskData:
     """The splits of one task, encoded for the model's tokenizer, and their loaders."""
 
-    def __init__(self, task, splits: dict, tokenizer, dcfg, tcfg, seed: int):
+    def __init__(self, task, splits: dict, tokenizer, dcfg, tcfg, seed: int, task_id: int = 0):
         self.task, self.t, self.seed = task, tcfg, seed
         self.train, self.val, self.test = splits["train"], splits["val"], splits["test"]
         self.bucket, self.pad_id = dcfg.get("bucket", True), tokenizer.pad_token_id
-        self.encoded = {name: EncodedSplit(examples, tokenizer, dcfg.max_length, task.verbalizers)
+        # task_id: the routing row of this task (fine-tuning appends one after the pre-training tasks)
+        self.encoded = {name: EncodedSplit(examples, tokenizer, dcfg.max_length, task.verbalizers, task_id=task_id)
                         for name, examples in splits.items()}
         self.train_batches = num_batches(self.encoded["train"], tcfg.batch_size)
 
@@ -39,8 +40,7 @@ class TaskData:
 
 
 def run_dir(cfg) -> Path:
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
+    """paths.output_dir: Hydra's run dir by default; mean_over_seeds points it at seed_<s>/."""
     return Path(cfg.paths.output_dir)
 
 
@@ -49,6 +49,13 @@ def load_task_data(cfg, tokenizer, seed):
     splits = load_splits(cfg.dataset.name, resolve_data_dir(cfg.paths.data_dir), seed,
                          cfg.dataset.get("val_fraction", 0.1))
     return TaskData(task, splits, tokenizer, cfg.dataset, cfg.trainer, seed)
+
+
+def load_data(cfg, tokenizer, seed):
+    """One task -> TaskData; a mixture (`dataset.tasks`) -> MixtureData, which has the same interface."""
+    if cfg.dataset.get("tasks"):
+        return load_mixture(cfg.dataset, tokenizer, cfg.trainer, seed, resolve_data_dir(cfg.paths.data_dir))
+    return load_task_data(cfg, tokenizer, seed)
 
 
 def final_eval(model, data, tcfg, out: Path) -> dict:
@@ -72,9 +79,14 @@ def train(cfg) -> dict:
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.method, cfg.get("router"))
-    data = load_task_data(cfg, model.tokenizer, cfg.seed)
-    logger = RunLogger(out, cfg)
+    model = build_model(cfg.model, cfg.method, cfg.get("router"), n_tasks=num_tasks(cfg.dataset))
+    data = load_data(cfg, model.tokenizer, cfg.seed)
+    return fit_and_test(cfg, model, data, out, RunLogger(out, cfg))
+
+
+def fit_and_test(cfg, model, data, out: Path, logger, extra: dict | None = None) -> dict:
+    """Train, reload the best-val weights, evaluate them on val and test, write metrics.json
+    (with `extra`, e.g. fine-tuning's zero-shot scores). Shared by train() and finetune()."""
     trainer = Trainer(model, data, cfg, out, logger, resume=cfg.get("resume", False))
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s on %s: %d trainable / %d parameters, %d optimizer steps", cfg.method.name,
@@ -84,7 +96,7 @@ def train(cfg) -> dict:
     checkpoint.load_weights(out / "checkpoints" / "best", model)
     metrics = final_eval(model, data, cfg.trainer, out)
     main = f"val/{data.task.main_metric}"
-    metrics.update(best_step=progress.best_step, trainable_params=n_train,
+    metrics.update(**(extra or {}), best_step=progress.best_step, trainable_params=n_train,
                    train_time_s=round(progress.train_time_s, 2), optimized_metric_key=main,
                    total_time_s=round(time.perf_counter() - start, 2))
     if hasattr(model.method, "save_figures"):  # e.g. learned mask gates, routing heatmaps

@@ -104,3 +104,14 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
                (tmp_path / "b/predictions" / f"{split}.jsonl").read_text()
     evals = lambda d: [json.loads(l)["val/acc"] for l in open(d / "metrics.jsonl") if '"eval"' in l]
     assert evals(tmp_path / "a") == evals(tmp_path / "b")[-len(evals(tmp_path / "a")):]
+
+
+def test_mean_over_seeds_runs_each_seed_in_its_own_dir(tmp_path):
+    from mmpt.cli import over_seeds
+
+    cfg = small_run(tmp_path, "trainer.max_steps=2", "trainer.eval_every=2", "mean_over_seeds=[0,1]")
+    mean = over_seeds(train, cfg)
+    runs = [json.loads((tmp_path / f"seed_{s}" / "metrics.json").read_text()) for s in (0, 1)]
+    assert all((tmp_path / f"seed_{s}" / "checkpoints" / "best").exists() for s in (0, 1))
+    assert mean["test/acc"] == pytest.approx((runs[0]["test/acc"] + runs[1]["test/acc"]) / 2)
+    assert json.loads((tmp_path / "metrics.json").read_text())["seeds"] == [0, 1]

@@ -67,13 +67,14 @@ def predict(model, loader, choices_of, mode: str = "rank", max_new_tokens: int =
 
 def evaluate(model, loader, examples, task, mode="rank", max_new_tokens=10, precision=None):
     """Metrics (with `invalid_rate` in generate mode), prediction rows and routing diagnostics."""
-    verbalizers = task.verbalizers
-    preds, aux = predict(model, loader, lambda i: verbalizers, mode, max_new_tokens, precision)
+    # a mixture's examples may each have their own choices (promptsource templates)
+    choices = getattr(task, "choices_of", lambda ex: task.verbalizers)
+    preds, aux = predict(model, loader, lambda i: choices(examples[i]), mode, max_new_tokens, precision)
     order = [preds[i] for i in range(len(examples))]
     metrics = task.metrics(order, examples)
     if mode == "generate":
         metrics["invalid_rate"] = sum(p < 0 for p in order) / max(len(order), 1)
-    rows = [{"id": ex.id, "prediction": verbalizers[p] if p >= 0 else None,
-             "label": verbalizers[ex.label]} for ex, p in zip(examples, order)]
+    rows = [{"id": ex.id, "prediction": choices(ex)[p] if p >= 0 else None,
+             "label": choices(ex)[ex.label]} for ex, p in zip(examples, order)]
     stats = model.method.eval_stats(aux)
     return metrics, rows, stats

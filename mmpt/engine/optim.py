@@ -1,7 +1,9 @@
 """Optimizer and schedule over the method's named parameter groups.
 
 Each group name from the method gets one torch param group whose lr and weight decay come from
-`optimizer.groups.<name>` (null -> `optimizer.lr` / `optimizer.weight_decay`). The schedule is a
+`optimizer.groups.<name>` (null -> `optimizer.lr` / `optimizer.weight_decay`). A method returns an
+empty list for a group it can have but does not create in the configured variant; configuring a
+group the method can never have is an error. The schedule is a
 multiplicative factor, so the lr ratios between groups hold at every step.
 """
 import logging
@@ -50,6 +52,9 @@ def build_optimizer(model, cfg, total_steps: int):
     base_wd = _number(cfg.get("weight_decay"), "optimizer.weight_decay", 0.0)
     torch_groups, summary = [], []
     for name, params in groups.items():
+        if not params:  # a group this variant of the method does not create (e.g. no router)
+            log.info("group %s: no parameters in this variant; its lr is unused", name)
+            continue
         g = configured.get(name) or {}
         lr = _number(g.get("lr"), f"optimizer.groups.{name}.lr", base_lr)
         wd = _number(g.get("weight_decay"), f"optimizer.groups.{name}.weight_decay", base_wd)

@@ -8,7 +8,15 @@ from torch import nn
 from mmpt.errors import ConfigError
 
 
-class LoRALinear(nn.Module):
+class Wrapped(nn.Module):
+    """Base of the wrappers below: `base` is the wrapped Linear."""
+
+    @property
+    def weight(self):  # T5's FFN reads `wo.weight.dtype`: a wrapper must answer for its Linear
+        return self.base.weight
+
+
+class LoRALinear(Wrapped):
     """y = W x + (alpha / r) * B A dropout(x). B starts at zero, so a fresh adapter changes nothing."""
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float):
@@ -41,3 +49,75 @@ def wrap_linears(model: nn.Module, pattern: str, make, key: str = "method.target
         wrapped[name] = make(getattr(parent, child))
         setattr(parent, child, wrapped[name])
     return wrapped
+
+
+class IA3Linear(Wrapped):
+    """(IA)^3 (Liu et al. 2022): y = l * (W x), one learned scale per output unit, l starts at 1."""
+
+    def __init__(self, base: nn.Linear):
+        super().__init__()
+        self.base = base
+        self.ia3_l = nn.Parameter(torch.ones(base.out_features))
+
+    def forward(self, x):
+        return self.base(x) * self.ia3_l
+
+
+def _split(features: int, n_splits: int, what: str) -> int:
+    if features % n_splits:
+        raise ConfigError("method.n_splits", f"{what} width {features} is not divisible by n_splits={n_splits}")
+    return features // n_splits
+
+
+class PolyLoRALinear(Wrapped):
+    """A bank of n_skills LoRA adapters (Polytropon; MHR when n_splits > 1), mixed per example.
+
+    A: [n_splits, n_skills, d_in / n_splits, r], B: [n_splits, n_skills, r, d_out / n_splits].
+    `weights` [batch, n_splits, n_skills] is set by the method's `routing` context for one backbone
+    call: each split (head) mixes its own block of A and B, and the blocks are concatenated into
+    one [d_in, r] and one [r, d_out] matrix per example. n_skills = n_splits = 1 is plain LoRA.
+    """
+
+    def __init__(self, base: nn.Linear, n_skills: int, n_splits: int, rank: int, alpha: float, dropout: float):
+        super().__init__()
+        self.base, self.n_splits = base, n_splits
+        d_in = _split(base.in_features, n_splits, "input")
+        d_out = _split(base.out_features, n_splits, "output")
+        self.lora_A = nn.Parameter(torch.empty(n_splits, n_skills, d_in, rank))
+        self.lora_B = nn.Parameter(torch.zeros(n_splits, n_skills, rank, d_out))
+        # Kaiming-uniform over the full fan-in, as LoRALinear's A (so n_skills = 1 matches LoRA's scale)
+        bound = 1 / math.sqrt(base.in_features)
+        nn.init.uniform_(self.lora_A, -bound, bound)
+        self.scale = alpha / rank
+        self.dropout = nn.Dropout(dropout)
+        self.weights = None
+
+    def forward(self, x):
+        if self.weights is None:
+            raise RuntimeError("PolyLoRALinear called outside the method's routing context")
+        w = self.weights.to(x.dtype)
+        b, r = w.shape[0], self.lora_A.shape[-1]
+        A = torch.einsum("bqs,qsdr->bqdr", w, self.lora_A).reshape(b, -1, r)       # [b, d_in, r]
+        B = torch.einsum("bqs,qsrd->brqd", w, self.lora_B).reshape(b, r, -1)       # [b, r, d_out]
+        h = self.dropout(x).reshape(b, -1, x.shape[-1])
+        delta = (h @ A @ B).reshape(*x.shape[:-1], -1)
+        return self.base(x) + self.scale * delta
+
+
+class PolyIA3Linear(Wrapped):
+    """A bank of n_skills IA3 scale vectors [n_splits, n_skills, d_out / n_splits] (init 1), mixed
+    per example and split like PolyLoRALinear. Routing weights sum to 1, so a fresh bank is identity."""
+
+    def __init__(self, base: nn.Linear, n_skills: int, n_splits: int):
+        super().__init__()
+        self.base = base
+        d_out = _split(base.out_features, n_splits, "output")
+        self.ia3_l = nn.Parameter(torch.ones(n_splits, n_skills, d_out))
+        self.weights = None
+
+    def forward(self, x):
+        if self.weights is None:
+            raise RuntimeError("PolyIA3Linear called outside the method's routing context")
+        scale = torch.einsum("bqs,qsd->bqd", self.weights.to(x.dtype), self.ia3_l).reshape(x.shape[0], -1)
+        y = self.base(x)
+        return y * scale.reshape(x.shape[0], *([1] * (y.dim() - 2)), -1)

@@ -1,0 +1,19 @@
+"""Fine-tune pre-trained skills on a held-out task:
+    python finetune.py pretrained=<train.py run dir> dataset=rte finetune_type=Poly k_shot=16 seed=0
+
+Thin Hydra wrapper around mmpt.finetune.finetune; returns the optimized metric to sweepers.
+"""
+import hydra
+
+from mmpt.cli import main_wrapper
+
+
+@hydra.main(config_path="conf", config_name="finetune", version_base="1.3")
+def main(cfg):
+    from mmpt.finetune import finetune
+
+    return main_wrapper(finetune, cfg)
+
+
+if __name__ == "__main__":
+    main()

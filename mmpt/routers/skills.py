@@ -1,0 +1,170 @@
+"""Task-to-skill selectors (MTTL): for each example's task id, weights [batch, n_splits, n_skills]
+over a bank of skills. Every selector's rows sum to 1 over skills.
+
+- poly: a logit per (task, split, skill), U(-1e-3, 1e-3); training samples a relaxed Bernoulli
+  (Gumbel-sigmoid), eval takes the sigmoid; weights are normalised w / sum(w).
+- moe: the same table, softmax with Gaussian noise in training, top-k, renormalised.
+- private: one-hot on the task id (n_skills = n_tasks): independent per-task adapters.
+- average: uniform 1 / n_skills (MuZ fine-tuning and zero-shot scoring).
+
+Which layers share a selector is the granularity (`group_key`). The old rows of a table are a
+buffer once a new task is appended (`add_task`), so no optimizer step, weight decay included,
+can move them.
+"""
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmpt.errors import ConfigError
+
+GRANULARITIES = ("finegrained", "coarsegrained", "coderwise", "blockwise", "layerwise")
+EPS = 1e-12
+
+
+def group_key(layer: str, granularity: str) -> str:
+    """Which selector an adapted layer uses, e.g. "encoder.block.1.layer.0.SelfAttention.q" ->
+    finegrained: itself; coarsegrained: "all"; coderwise: "encoder"; blockwise: "encoder.block.1";
+    layerwise: "encoder.block.1.layer.0" (one T5 sub-layer: self-attention, cross-attention or FFN)."""
+    if granularity == "finegrained":
+        return layer
+    if granularity == "coarsegrained":
+        return "all"
+    if granularity == "coderwise":
+        return layer.split(".")[0]
+    depth = {"blockwise": r"\.block\.\d+", "layerwise": r"\.block\.\d+\.layer\.\d+"}[granularity]
+    match = re.match(r"\w+" + depth, layer)
+    if match is None:
+        raise ConfigError("router.granularity", f"{granularity} needs T5 module names; {layer!r} has no {depth}")
+    return match.group(0)
+
+
+def check_ids(task_ids, n_tasks: int) -> None:
+    if task_ids.numel() and not 0 <= int(task_ids.min()) <= int(task_ids.max()) < n_tasks:
+        raise ValueError(f"task ids {task_ids.unique().tolist()} outside the selector's {n_tasks} tasks")
+
+
+class Selector(nn.Module):
+    """Base: `forward(task_ids) -> [B, n_splits, n_skills]`, rows summing to 1.
+
+    `probs(task_ids, sample)` are the activations in [0, 1] before normalisation; `sample` (the
+    training-time noise) is explicit so diagnostics can read eval activations in any mode."""
+
+    def __init__(self, n_tasks: int, n_splits: int, n_skills: int):
+        super().__init__()
+        self.n_tasks, self.n_splits, self.n_skills = n_tasks, n_splits, n_skills
+
+    def probs(self, task_ids, sample: bool):
+        raise NotImplementedError
+
+    def forward(self, task_ids):
+        p = self.probs(task_ids, sample=self.training)
+        return p / (p.sum(-1, keepdim=True) + EPS)
+
+
+class Average(Selector):
+    def probs(self, task_ids, sample):  # every skill fully on; normalised: 1 / n_skills
+        return torch.ones(len(task_ids), self.n_splits, self.n_skills, device=task_ids.device)
+
+
+class Private(Selector):
+    def __init__(self, n_tasks, n_splits, n_skills):
+        super().__init__(n_tasks, n_splits, n_skills)
+        if n_skills != n_tasks:
+            raise ConfigError("method.n_skills", f"router private needs n_skills = number of tasks "
+                              f"({n_tasks}), got {n_skills}")
+
+    def probs(self, task_ids, sample):
+        check_ids(task_ids, self.n_tasks)
+        return F.one_hot(task_ids, self.n_skills).float()[:, None].expand(-1, self.n_splits, -1)
+
+
+class Table(Selector):
+    """A learned table of logits [n_tasks, n_splits * n_skills]; rows added later are appended."""
+
+    def __init__(self, n_tasks, n_splits, n_skills):
+        super().__init__(n_tasks, n_splits, n_skills)
+        self.register_buffer("frozen", torch.zeros(0, n_splits * n_skills))  # rows of earlier tasks
+        self.logits = nn.Parameter(torch.empty(n_tasks, n_splits * n_skills).uniform_(-1e-3, 1e-3))
+
+    def add_task(self) -> int:
+        """Append a fresh row for a new task; the existing rows become a frozen buffer. Returns its id."""
+        self.frozen = torch.cat([self.frozen, self.logits.detach()])
+        self.logits = nn.Parameter(torch.empty(1, self.logits.shape[1]).uniform_(-1e-3, 1e-3).to(self.frozen))
+        self.n_tasks += 1
+        return self.n_tasks - 1
+
+    def table(self, task_ids):
+        check_ids(task_ids, self.n_tasks)
+        rows = torch.cat([self.frozen, self.logits])[task_ids]
+        return rows.view(-1, self.n_splits, self.n_skills)
+
+
+class Poly(Table):
+    def __init__(self, n_tasks, n_splits, n_skills, temperature=1.0, straight_through=False,
+                 dropout=0.0, shared_skill=False):
+        super().__init__(n_tasks, n_splits, n_skills)
+        if shared_skill and n_skills < 2:
+            raise ConfigError("router.shared_skill", "needs n_skills >= 2 (one shared, the rest routed)")
+        self.temperature, self.straight_through = temperature, straight_through
+        self.dropout, self.shared_skill = dropout, shared_skill
+
+    def probs(self, task_ids, sample):
+        logits = self.table(task_ids)
+        if sample:
+            logits = F.dropout(logits, self.dropout)
+            u = torch.rand_like(logits).clamp(EPS, 1 - EPS)
+            # relaxed Bernoulli: sigmoid((logit + logistic noise) / T)
+            probs = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / self.temperature)
+            if self.straight_through:  # hard 0/1 forward, the relaxed sample's gradient backward
+                probs = (probs > 0.5).float() + probs - probs.detach()
+        else:
+            probs = torch.sigmoid(logits)
+        if self.shared_skill:  # the last skill of every split is always on, for every task
+            probs = torch.cat([probs[..., :-1], torch.ones_like(probs[..., -1:])], -1)
+        return probs
+
+
+class MoE(Table):
+    def __init__(self, n_tasks, n_splits, n_skills, top_k=2, noise_std=1.0):
+        super().__init__(n_tasks, n_splits, n_skills)
+        if not isinstance(top_k, int) or not 1 <= top_k <= n_skills:
+            raise ConfigError("router.top_k", f"expected an integer in [1, n_skills={n_skills}], got {top_k!r}")
+        self.top_k, self.noise_std = top_k, noise_std
+
+    def probs(self, task_ids, sample):
+        logits = self.table(task_ids)
+        if sample and self.noise_std:
+            logits = logits + self.noise_std * torch.randn_like(logits)
+        probs = logits.softmax(-1)
+        kept = torch.zeros_like(probs).scatter(-1, probs.topk(self.top_k, -1).indices, 1.0)
+        return probs * kept
+
+
+SELECTORS = {"poly": Poly, "moe": MoE, "private": Private, "average": Average}
+OPTIONS = {"poly": ("temperature", "straight_through", "dropout", "shared_skill"),
+           "moe": ("top_k", "noise_std"), "private": (), "average": ()}
+
+
+def build_selector(cfg, n_tasks: int, n_splits: int, n_skills: int) -> Selector:
+    """One selector from the `router` config group (its name and that selector's options)."""
+    name = cfg.get("name")
+    if name not in SELECTORS:
+        raise ConfigError("router.name", f"skill methods need one of {sorted(SELECTORS)}, got {name!r}")
+    kwargs = {k: cfg[k] for k in OPTIONS[name] if cfg.get(k) is not None}
+    return SELECTORS[name](n_tasks, n_splits, n_skills, **kwargs)
+
+
+@torch.no_grad()
+def routing_stats(probs: torch.Tensor) -> dict:
+    """Diagnostics of eval activations [n_tasks, n_splits, n_skills] (before normalisation).
+
+    sparsity: share of normalised weights under a tenth of the uniform share 1 / n_skills (skills
+    switched off); discreteness: mean |2 p - 1| (1 = every skill fully on or off, 0 = all half on);
+    effective_skills: exp(entropy) of the normalised weights per row, 1 (one skill) .. n_skills."""
+    weights = probs / (probs.sum(-1, keepdim=True) + EPS)
+    entropy = -(weights * (weights + EPS).log()).sum(-1)
+    return {"routing/sparsity": (weights < 0.1 / probs.shape[-1]).float().mean().item(),
+            "routing/discreteness": (2 * probs - 1).abs().mean().item(),
+            "routing/effective_skills": entropy.exp().mean().item()}
