@@ -58,6 +58,15 @@ def load_data(cfg, tokenizer, seed):
     return load_task_data(cfg, tokenizer, seed)
 
 
+def head_tasks(dcfg) -> list:
+    """The Task behind each task id (encoder backbones build one head per task)."""
+    if not dcfg.get("tasks"):
+        return [get_task(dcfg.name)]
+    if dcfg.get("task_id_from", "task") != "task":
+        return []  # template ids: only text-to-text (T5) backbones, which need no heads
+    return [get_task(name) for name in dcfg.tasks]
+
+
 def final_eval(model, data, tcfg, out: Path) -> dict:
     """Evaluate the current weights on val and test; write predictions; return prefixed metrics."""
     result = {}
@@ -79,7 +88,8 @@ def train(cfg) -> dict:
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.method, cfg.get("router"), n_tasks=num_tasks(cfg.dataset))
+    model = build_model(cfg.model, cfg.method, cfg.get("router"), n_tasks=num_tasks(cfg.dataset),
+                        tasks=head_tasks(cfg.dataset))
     data = load_data(cfg, model.tokenizer, cfg.seed)
     return fit_and_test(cfg, model, data, out, RunLogger(out, cfg))
 

@@ -93,6 +93,7 @@ class Task:
     scores: dict[str, Metric]  # output key -> metric function
     main_metric: str = "acc"
     tsv_columns: list[str] | None = None  # for header-less TSV files (CoLA)
+    regression: bool = False  # verbalizers are numbers (STS-B): encoder backbones regress them
 
     def parse(self, row: Row, number: int, hub: bool) -> list[Example]:
         raise NotImplementedError

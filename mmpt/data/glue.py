@@ -67,6 +67,7 @@ STSB_TASK = STSB(
     verbalizers=[f"{i / 5:.1f}" for i in range(26)],  # "0.0", "0.2", ..., "5.0"
     label_values=[], id_field=None,
     files=_files("STS-B"), hub=(HUB, "stsb"),
-    scores={"acc": M.accuracy, "pearson": M.pearson, "spearman": M.spearman}, main_metric="pearson")
+    scores={"acc": M.accuracy, "pearson": M.pearson, "spearman": M.spearman}, main_metric="pearson",
+    regression=True)
 
 GLUE_TASKS = [COLA, SST2, MRPC, STSB_TASK, RTE_GLUE, WNLI]

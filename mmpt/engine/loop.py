@@ -141,7 +141,7 @@ class Trainer:
         if n == 1:
             return loss.float(), loss.item()
         # Weight by tokens so that DDP's gradient average equals the single-process mean loss.
-        local = (batch["labels"] != -100).sum()
+        local = self.model.loss_terms(batch)
         loss = loss.float() * local * n / distributed.all_sum(local)
         return loss, distributed.all_sum(loss.detach()).item() / n
 

@@ -41,10 +41,12 @@ def _number(value, key: str, default=None) -> float:
 
 def build_optimizer(model, cfg, total_steps: int):
     """Return (optimizer, scheduler, summary rows [(group, n_params, lr, weight_decay)])."""
-    groups = model.method.param_groups()
+    groups = model.param_groups()
     check_groups(model, groups)
     configured = dict(cfg.get("groups") or {})
-    unknown = sorted(set(configured) - set(groups))
+    # An entry with every value null is a placeholder (e.g. `head`, used by encoder backbones only).
+    unknown = sorted(k for k, v in configured.items()
+                     if k not in groups and any(x is not None for x in (v or {}).values()))
     if unknown:
         raise ConfigError(f"optimizer.groups.{unknown[0]}",
                           f"this method has no parameter group `{unknown[0]}` (it has {sorted(groups)})")

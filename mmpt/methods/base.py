@@ -48,4 +48,8 @@ class Method(nn.Module, abc.ABC):
 
     def placement_sites(self, placement: str) -> list[str]:
         stacks = PLACEMENTS[placement]
-        return [s for s in self.info["sites"] if s.split(".")[0] in stacks]
+        sites = [s for s in self.info["sites"] if s.split(".")[0] in stacks]
+        if not sites:
+            raise ConfigError("method.placement", f"this backbone has no {placement} self-attention "
+                              "(encoder-only models: use encoder or both)")
+        return sites

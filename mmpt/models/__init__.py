@@ -1,20 +1,33 @@
-"""Build the model a run trains: backbone (frozen) + method, wrapped for loss/score/generate."""
+"""Build the model a run trains: backbone (frozen) + method, wrapped for loss/score/generate.
+
+T5-family backbones get the text-to-text wrapper (models/seq2seq.py); encoder-only backbones
+(BERT, RoBERTa, MiniLM) get one classification/regression head per task (models/encoder.py).
+Methods see the same `info` either way: prefix sites, widths, layers, number of task ids.
+"""
+from mmpt.errors import ConfigError
+from mmpt.models import encoder, seq2seq
 from mmpt.models.backbone import load_backbone
-from mmpt.models.seq2seq import Seq2SeqModel, shapes, tag_sites, wrap
+from mmpt.models.seq2seq import Seq2SeqModel
 
 
-def build_model(model_cfg, method_cfg, router_cfg=None, n_tasks: int = 1) -> Seq2SeqModel:
+def build_model(model_cfg, method_cfg, router_cfg=None, n_tasks: int = 1, tasks=None):
     """Method parameters are initialised from the global RNG: seed it first (transformers.set_seed).
 
     n_tasks: how many task ids the data has (rows of task-conditioned routing tables).
+    tasks: the Task of each task id; encoder backbones build one head per task from it.
     """
     from mmpt.methods import build_method  # methods import models.seq2seq helpers
 
     backbone, tokenizer = load_backbone(model_cfg)
     backbone.requires_grad_(False)
-    info = {"sites": tag_sites(backbone), **shapes(backbone), "n_tasks": n_tasks}
+    family = seq2seq if backbone.config.is_encoder_decoder else encoder
+    info = {"sites": family.tag_sites(backbone), **family.shapes(backbone), "n_tasks": n_tasks}
     method = build_method(method_cfg, backbone, info, router_cfg)
-    return wrap(backbone, tokenizer, method)
+    if family is seq2seq:
+        return seq2seq.wrap(backbone, tokenizer, method)
+    if not tasks:
+        raise ConfigError("model", "an encoder backbone needs the task list to build its heads")
+    return encoder.wrap(backbone, tokenizer, method, tasks)
 
 
 __all__ = ["build_model", "load_backbone", "Seq2SeqModel"]

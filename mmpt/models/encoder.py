@@ -1,0 +1,92 @@
+"""The encoder-only wrapper (BERT / RoBERTa family, e.g. all-MiniLM-L6-v2): one head per task.
+
+Methods plug in exactly as on T5: `prepare` gives token ids or input embeddings, the mask, and
+optionally `mmpt_prefix`; prefixes reach the encoder's self-attention through the same attention
+function. The states are mean-pooled over the attended positions (how MiniLM was trained) and fed
+to the task's head: a linear classifier over its verbalizers, or a scalar regressor for tasks
+marked `regression` (STS-B), trained with MSE on the score.
+"""
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmpt.errors import ConfigError
+from mmpt.methods import prefix_attention
+
+
+def tag_sites(model) -> list[str]:
+    """Tag each layer's self-attention with its prefix site ("encoder.<i>")."""
+    sites = []
+    for i, layer in enumerate(model.encoder.layer):
+        layer.attention.self.mmpt_site = f"encoder.{i}"
+        sites.append(f"encoder.{i}")
+    return sites
+
+
+def shapes(model) -> dict:
+    c = model.config
+    return {"d_model": c.hidden_size, "n_heads": c.num_attention_heads,
+            "d_head": c.hidden_size // c.num_attention_heads,
+            "layers": {"encoder": c.num_hidden_layers}}
+
+
+class EncoderClassifier(nn.Module):
+    def __init__(self, backbone, tokenizer, method, tasks):
+        super().__init__()
+        self.backbone, self.method, self.tokenizer = backbone, method, tokenizer
+        self.pad_id, self.eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+        d = backbone.config.hidden_size
+        self.regression = [bool(getattr(t, "regression", False)) for t in tasks]
+        self.values = [torch.tensor([float(v) for v in t.verbalizers]) if r else None
+                       for t, r in zip(tasks, self.regression)]
+        self.heads = nn.ModuleList(nn.Linear(d, 1 if r else len(t.verbalizers))
+                                   for t, r in zip(tasks, self.regression))
+
+    def param_groups(self) -> dict:
+        return {**self.method.param_groups(), "head": list(self.heads.parameters())}
+
+    def loss_terms(self, batch):
+        """How many terms the mean loss averages (examples): DDP weights processes by it."""
+        return batch["label"].new_tensor(len(batch["label"]))
+
+    def _pooled(self, batch):
+        kw, aux = self.method.prepare(batch, self.backbone)
+        routing = getattr(self.method, "routing", None)
+        with routing(batch, 1) if routing else nullcontext():
+            h = self.backbone(**kw).last_hidden_state
+        mask = kw["attention_mask"].unsqueeze(-1).to(h.dtype)
+        return (h * mask).sum(1) / mask.sum(1).clamp(min=1), aux
+
+    def _outputs(self, pooled, task_id):
+        """Per example: the class logits (or the regressed score) of its task's head."""
+        return [self.heads[t](p) for p, t in zip(pooled, task_id.tolist())]
+
+    def score(self, batch):
+        """[B, C] choice scores: logits, or -|score - value| (the nearest value wins) for regression."""
+        pooled, aux = self._pooled(batch)
+        scores = torch.full(batch["choice_mask"].shape, float("-inf"), device=pooled.device)
+        for i, (out, t) in enumerate(zip(self._outputs(pooled, batch["task_id"]), batch["task_id"].tolist())):
+            if self.regression[t]:
+                out = -(out - self.values[t].to(out.device)).abs()
+            scores[i, : out.shape[-1]] = out.float()
+        return scores, aux
+
+    def forward(self, batch):
+        pooled, aux = self._pooled(batch)
+        losses = []
+        for out, t, y in zip(self._outputs(pooled, batch["task_id"]), batch["task_id"].tolist(), batch["label"]):
+            if self.regression[t]:
+                losses.append(F.mse_loss(out.squeeze(-1).float(), self.values[t][y].to(out.device)))
+            else:
+                losses.append(F.cross_entropy(out.float()[None], y[None]))
+        return torch.stack(losses).mean(), aux
+
+    def generate(self, batch, max_new_tokens: int = 10):
+        raise ConfigError("trainer.eval_mode", "encoder backbones have no decoder: use trainer.eval_mode=rank")
+
+
+def wrap(backbone, tokenizer, method, tasks) -> EncoderClassifier:
+    prefix_attention.enable(backbone)
+    return EncoderClassifier(backbone, tokenizer, method, tasks)

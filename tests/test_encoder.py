@@ -1,0 +1,117 @@
+"""Encoder-only backbones (BERT family, MiniLM): the same methods through the same mechanisms,
+one head per task, regression for STS-B."""
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import BertConfig, BertModel
+
+from conftest import compose_cfg, toy_batch
+from mmpt.data import get_task
+from mmpt.errors import ConfigError
+from mmpt.experiment import train
+from mmpt.models import build_model
+from mmpt.models.backbone import load_tokenizer, minilm_dir
+
+BERT_TARGETS = {"lora": r".*attention\.self\.(query|value)",
+                "poly": r".*attention\.self\.(query|value)"}
+METHODS = {
+    "full": {"name": "full"},
+    "prompt_tuning": {"name": "prompt_tuning", "num_virtual_tokens": 4, "init": "vocab"},
+    "prefix": {"name": "prefix", "num_virtual_tokens": 3, "placement": "both", "init_std": 1.0},
+    "lora": {"name": "lora", "rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": BERT_TARGETS["lora"]},
+    "prefix_routing": {"name": "prefix_routing", "num_virtual_tokens": 1, "num_virtual_tokens_full": 4,
+                       "num_shared_virtual_tokens": 3, "share_type": "prepend", "topk": 1, "perturb_router": True,
+                       "router_dropout": 0.0, "gumbel": False, "apply_adaptive_mask": True,
+                       "apply_adaptive_subset_mask": True, "mask_init_mean": 2.5, "mask_init_std": 0.5,
+                       "placement": "both"},
+}
+ROUTER = {"name": "input_topk", "topk": 1, "perturb": True, "dropout": 0.0, "gumbel": False, "gumbel_tau": 1.0}
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory):
+    """A small random BERT with MiniLM's vocabulary, saved like any checkpoint."""
+    d = tmp_path_factory.mktemp("bert")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+              add_pooling_layer=False).save_pretrained(d)
+    load_tokenizer(minilm_dir()).save_pretrained(d)
+    return d
+
+
+def bert(d, method, tasks=("rte",)):
+    torch.manual_seed(0)
+    router = OmegaConf.create(ROUTER if method == "prefix_routing" else {"name": "none"})
+    return build_model(OmegaConf.create({"build": "local", "name_or_path": str(d), "tokenizer": None}),
+                       OmegaConf.create(METHODS[method]), router, n_tasks=len(tasks),
+                       tasks=[get_task(t) for t in tasks])
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_methods_train_on_an_encoder_and_only_their_parameters_get_gradients(tiny_bert_dir, method):
+    model = bert(tiny_bert_dir, method)
+    batch = toy_batch(model.tokenizer, choices=("entailment", "not_entailment"))
+    groups = model.param_groups()
+    assert "head" in groups and groups["head"]
+    owned = {id(p) for ps in groups.values() for p in ps}
+    opt = torch.optim.AdamW([p for ps in groups.values() for p in ps], lr=1e-2)
+    losses = []
+    for step in range(20):
+        loss, _ = model(batch)
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:
+            for n, p in model.named_parameters():
+                assert (p.grad is not None) == (id(p) in owned), n
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+    scores, _ = model.eval().score(batch)
+    assert scores.shape == (3, 2) and torch.isfinite(scores).all()
+
+
+def test_empty_prefix_and_zero_lora_leave_the_encoder_unchanged(tiny_bert_dir):
+    from mmpt.methods.prefix_attention import PrefixState
+
+    lora, full = bert(tiny_bert_dir, "lora").eval(), bert(tiny_bert_dir, "full").eval()
+    batch = toy_batch(full.tokenizer)
+    kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    stock = full.backbone(**kw).last_hidden_state
+    assert torch.equal(lora.backbone(**kw).last_hidden_state, stock)
+    empty = PrefixState({f"encoder.{i}": (torch.zeros(1, 4, 0, 8), torch.zeros(1, 4, 0, 8)) for i in range(2)})
+    assert torch.equal(full.backbone(**kw, mmpt_prefix=empty).last_hidden_state, stock)
+
+
+def test_prefix_changes_every_layer_it_is_placed_in(tiny_bert_dir):
+    model = bert(tiny_bert_dir, "prefix").eval()
+    batch = toy_batch(model.tokenizer)
+    kw, _ = model.method.prepare(batch, model.backbone)
+    with_prefix = model.backbone(**kw).last_hidden_state
+    kw.pop("mmpt_prefix")
+    assert not torch.allclose(with_prefix, model.backbone(**kw).last_hidden_state)
+    with pytest.raises(ConfigError, match="method.placement"):
+        build_model(OmegaConf.create({"build": "local", "name_or_path": str(tiny_bert_dir), "tokenizer": None}),
+                    OmegaConf.create({**METHODS["prefix"], "placement": "decoder"}), tasks=[get_task("rte")])
+
+
+def test_one_head_per_task_and_regression_for_stsb(tiny_bert_dir):
+    model = bert(tiny_bert_dir, "lora", tasks=("rte", "stsb", "cb")).eval()
+    assert [h.out_features for h in model.heads] == [2, 1, 3]
+    batch = toy_batch(model.tokenizer, choices=[f"{i / 5:.1f}" for i in range(26)], labels=(10, 0, 25))
+    batch["task_id"] = torch.tensor([1, 1, 1])
+    scores, _ = model.score(batch)
+    pred = model.heads[1](model._pooled(batch)[0]).squeeze(-1)
+    # the nearest of 0.0, 0.2, ..., 5.0 to the regressed score wins
+    assert scores.argmax(-1).tolist() == [int(torch.clamp(torch.round(p * 5), 0, 25)) for p in pred]
+    loss, _ = model.train()(batch)
+    assert loss.item() == pytest.approx(((pred - torch.tensor([2.0, 0.0, 5.0])) ** 2).mean().item(), rel=1e-4)
+
+
+def test_minilm_learns_sst2_in_a_few_steps(tmp_path):
+    """The real pretrained MiniLM: 60 LoRA steps on SST-2 beat the majority class on its test set."""
+    cfg = compose_cfg(["model=minilm", "method=lora", "dataset=sst2", "trainer.max_steps=60", "trainer.batch_size=32",
+                       "trainer.eval_every=60", "dataset.max_length=48", "optimizer.groups.adapters.lr=2e-3",
+                       "optimizer.groups.head.lr=2e-3", "dataset.val_fraction=0.01"], run_dir=tmp_path)
+    metrics = train(cfg)
+    assert metrics["test/acc"] > 0.65  # majority class: 50.9% of the 872 test sentences
