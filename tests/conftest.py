@@ -69,3 +69,16 @@ def tiny():
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(2)
+
+
+def fit_batch(model, batch, lr: float, steps: int) -> list[float]:
+    """AdamW on the model's parameter groups over one fixed batch; the loss after each step."""
+    opt = torch.optim.AdamW([p for ps in model.param_groups().values() for p in ps], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss, _ = model(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

@@ -115,3 +115,10 @@ def test_minilm_learns_sst2_in_a_few_steps(tmp_path):
                        "optimizer.groups.head.lr=2e-3", "dataset.val_fraction=0.01"], run_dir=tmp_path)
     metrics = train(cfg)
     assert metrics["test/acc"] > 0.65  # majority class: 50.9% of the 872 test sentences
+
+
+@pytest.mark.slow
+def test_quickstart_reaches_clearly_better_than_chance(tmp_path):
+    """The README's quick start (about 2 minutes): MiniLM + LoRA on SST-2, well above the 50.9% majority."""
+    metrics = train(compose_cfg(["experiment=quickstart"], run_dir=tmp_path))
+    assert metrics["test/acc"] > 0.78 and metrics["val/acc"] > 0.8

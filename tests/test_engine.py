@@ -115,3 +115,20 @@ def test_mean_over_seeds_runs_each_seed_in_its_own_dir(tmp_path):
     assert all((tmp_path / f"seed_{s}" / "checkpoints" / "best").exists() for s in (0, 1))
     assert mean["test/acc"] == pytest.approx((runs[0]["test/acc"] + runs[1]["test/acc"]) / 2)
     assert json.loads((tmp_path / "metrics.json").read_text())["seeds"] == [0, 1]
+
+
+def test_patience_stops_after_evals_without_improvement(tmp_path, monkeypatch):
+    """Val accuracy 0.5, 0.6, 0.6, 0.55, ...: best at the 2nd eval, two evals without gain, stop."""
+    scores = iter([0.5, 0.6, 0.6, 0.55, 0.9, 0.9])
+    real = Trainer._eval.__globals__["evaluate"]
+
+    def scripted(*args, **kw):
+        metrics, rows, stats = real(*args, **kw)
+        return {**metrics, "acc": next(scores)}, rows, stats
+
+    monkeypatch.setitem(Trainer._eval.__globals__, "evaluate", scripted)
+    cfg = small_run(tmp_path, "trainer.max_steps=30", "trainer.eval_every=2", "trainer.patience=2")
+    trainer_metrics = train(cfg)
+    evals = [json.loads(l) for l in open(tmp_path / "metrics.jsonl") if '"eval"' in l]
+    assert [e["step"] for e in evals] == [2, 4, 6, 8]
+    assert trainer_metrics["best_step"] == 4

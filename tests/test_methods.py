@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import METHOD_CFGS, make_model, toy_batch
+from conftest import METHOD_CFGS, fit_batch, make_model, toy_batch
 from mmpt.engine import checkpoint
 from mmpt.errors import CheckpointError, ConfigError
 
@@ -13,15 +13,7 @@ LRS = {"full": 3e-3, "prompt_tuning": 0.3, "prefix": 0.05, "lora": 1e-2}
 def trained(name, steps=25):
     model = make_model(name)
     batch = toy_batch(model.tokenizer)
-    opt = torch.optim.AdamW([p for ps in model.method.param_groups().values() for p in ps], lr=LRS[name])
-    losses = []
-    for _ in range(steps):
-        loss, _ = model(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return model, batch, losses
+    return model, batch, fit_batch(model, batch, LRS[name], steps)
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import make_model, tiny_cfg, toy_batch
+from conftest import make_model, tiny_cfg, toy_batch, fit_batch
 from mmpt.errors import ConfigError
 from mmpt.models import build_model
 from test_cli import run_cli
@@ -76,14 +76,7 @@ def test_exactly_the_intended_parameters_exist_and_learn(share, mask):
 def test_every_variant_learns_a_fixed_batch(share, mask):
     model = combo(share, mask)
     batch = toy_batch(model.tokenizer)
-    opt = torch.optim.AdamW([p for ps in model.method.param_groups().values() for p in ps], lr=0.1)
-    losses = []
-    for _ in range(20):  # routing noise (perturbation) is on, as in training runs
-        loss, _ = model(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_batch(model, batch, lr=0.1, steps=20)  # routing noise (perturbation) is on, as in training
     assert losses[-1] < 0.5 * losses[0], losses
 
 
