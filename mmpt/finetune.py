@@ -21,7 +21,7 @@ from mmpt.engine.evaluate import evaluate
 from mmpt.engine.logging import RunLogger
 from mmpt.engine.loop import validate_trainer
 from mmpt.errors import CheckpointError, ConfigError
-from mmpt.experiment import TaskData, fit_and_test, run_dir
+from mmpt.experiment import TaskData, fit_and_test, head_tasks, run_dir
 from mmpt.methods.base import GROUP_NAMES
 from mmpt.models import build_model
 
@@ -126,10 +126,16 @@ def zero_shot(model, data, tcfg) -> dict:
     return {f"zero_shot/{k}": v for k, v in metrics.items()}
 
 
-def prepare_model(pre, best, ftype: str):
-    """(model, the new task's id, {group: parameters trained}) for a fine-tuning type."""
+def prepare_model(pre, best, ftype: str, new_task):
+    """(model, the new task's id, {group: parameters trained}) for a fine-tuning type.
+
+    Encoder backbones also get a fresh head for the new task, which trains in every type (a
+    classifier for the new labels cannot come from the checkpoint); the old heads stay frozen.
+    """
     load, how, names = TYPES[ftype]
-    model = build_model(pre.model, pre.method, pre.get("router"), n_tasks=num_tasks(pre.dataset) if load else 1)
+    tasks = head_tasks(pre.dataset) if load else [new_task]
+    model = build_model(pre.model, pre.method, pre.get("router"), n_tasks=num_tasks(pre.dataset) if load else 1,
+                        tasks=tasks)
     if load:
         written_by = checkpoint.read_meta(best).get("method")
         if written_by != pre.method.name:
@@ -137,7 +143,14 @@ def prepare_model(pre, best, ftype: str):
                                   f"says method `{pre.method.name}`")
         checkpoint.load_weights(best, model)
     task_id = route_new_task(model.method, how, ftype)
-    return model, task_id, restrict(model, names)
+    chosen = restrict(model, names)
+    if hasattr(model, "heads"):
+        head = model.add_head(new_task, task_id) if load else list(model.heads.parameters())
+        chosen["head"] = head
+        for p in head:
+            p.requires_grad_(True)
+        model.param_groups = lambda: chosen
+    return model, task_id, chosen
 
 
 def finetune(cfg) -> dict:
@@ -150,7 +163,7 @@ def finetune(cfg) -> dict:
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
-    model, task_id, chosen = prepare_model(pre, best, cfg.finetune_type)
+    model, task_id, chosen = prepare_model(pre, best, cfg.finetune_type, get_task(cfg.dataset.name))
     data = load_task(cfg, model.tokenizer, task_id)
     model.to(distributed.device())
 

@@ -122,3 +122,34 @@ def test_quickstart_reaches_clearly_better_than_chance(tmp_path):
     """The README's quick start (about 2 minutes): MiniLM + LoRA on SST-2, well above the 50.9% majority."""
     metrics = train(compose_cfg(["experiment=quickstart"], run_dir=tmp_path))
     assert metrics["test/acc"] > 0.78 and metrics["val/acc"] > 0.8
+
+
+@pytest.mark.parametrize("ftype", ["Poly", "Z", "MuZ"])
+def test_mttl_transfer_on_an_encoder_adds_a_trained_head(tiny_bert_dir, tmp_path, ftype):
+    """Skills pre-trained on two tasks, then fine-tuned on a held-out task: the new task gets its
+    own head, which trains in every type; the pre-training heads stay as they were."""
+    from safetensors.torch import load_file
+
+    from mmpt.finetune import finetune
+
+    pre = tmp_path / "pre"
+    local = [f"model.name_or_path={tiny_bert_dir}", "model.targets.poly='.*attention.self.(query|value)'"]
+    pre_cfg = compose_cfg(["model=local", *local, "method=poly_lora", "dataset=glue_superglue_mix",
+                           "dataset.tasks=[cola,sst2]", "dataset.max_eval_per_task=16", "dataset.max_length=32",
+                           "method.n_skills=2", "method.rank=2", "trainer.max_steps=4", "trainer.eval_every=4"],
+                          run_dir=pre)
+    train(pre_cfg)
+    (pre / ".hydra").mkdir()  # what Hydra writes for a command-line run
+    OmegaConf.save(pre_cfg, pre / ".hydra" / "config.yaml")
+    old = load_file(pre / "checkpoints/best/trainable.safetensors")
+    cfg = compose_cfg([f"pretrained={pre}", "dataset=rte", f"finetune_type={ftype}", "k_shot=8", "seed=0",
+                       "trainer.max_steps=3", "trainer.eval_every=3", "dataset.max_length=32",
+                       "optimizer.groups.head.lr=0.1"], config_name="finetune", run_dir=tmp_path / "ft")
+    metrics = finetune(cfg)
+    assert "test/acc" in metrics and "zero_shot/acc" in metrics
+    new = load_file(tmp_path / "ft/checkpoints/best/trainable.safetensors")
+    assert {"heads.2.weight", "heads.2.bias"} <= set(new)  # the held-out task's head (ids 0, 1: cola, sst2)
+    assert "heads.0.weight" not in new  # old heads frozen: not trainable, not saved
+    assert {"heads.0.weight", "heads.1.weight"} <= set(old)
+    adapters = [k for k in new if "lora" in k or "skill" in k]
+    assert bool(adapters) == (ftype != "Z")  # Z trains routing (and the head) only

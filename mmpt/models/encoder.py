@@ -43,6 +43,19 @@ class EncoderClassifier(nn.Module):
                        for t, r in zip(tasks, self.regression)]
         self.heads = nn.ModuleList(nn.Linear(d, 1 if r else len(t.verbalizers))
                                    for t, r in zip(tasks, self.regression))
+        self.head_of = {i: i for i in range(len(tasks))}  # task id -> head
+
+    def add_head(self, task, task_id: int) -> list:
+        """A fresh head for `task`, used by examples with `task_id` (fine-tuning on a new task);
+        returns its parameters."""
+        regression = bool(getattr(task, "regression", False))
+        d = self.backbone.config.hidden_size
+        head = nn.Linear(d, 1 if regression else len(task.verbalizers)).to(self.backbone.device)
+        self.heads.append(head)
+        self.regression.append(regression)
+        self.values.append(torch.tensor([float(v) for v in task.verbalizers]) if regression else None)
+        self.head_of[task_id] = len(self.heads) - 1
+        return list(head.parameters())
 
     def param_groups(self) -> dict:
         return {**self.method.param_groups(), "head": list(self.heads.parameters())}
@@ -61,15 +74,16 @@ class EncoderClassifier(nn.Module):
 
     def _outputs(self, pooled, task_id):
         """Per example: the class logits (or the regressed score) of its task's head."""
-        return [self.heads[t](p) for p, t in zip(pooled, task_id.tolist())]
+        return [self.heads[self.head_of[t]](p) for p, t in zip(pooled, task_id.tolist())]
 
     def score(self, batch):
         """[B, C] choice scores: logits, or -|score - value| (the nearest value wins) for regression."""
         pooled, aux = self._pooled(batch)
         scores = torch.full(batch["choice_mask"].shape, float("-inf"), device=pooled.device)
         for i, (out, t) in enumerate(zip(self._outputs(pooled, batch["task_id"]), batch["task_id"].tolist())):
-            if self.regression[t]:
-                out = -(out - self.values[t].to(out.device)).abs()
+            h = self.head_of[t]
+            if self.regression[h]:
+                out = -(out - self.values[h].to(out.device)).abs()
             scores[i, : out.shape[-1]] = out.float()
         return scores, aux
 
@@ -77,8 +91,9 @@ class EncoderClassifier(nn.Module):
         pooled, aux = self._pooled(batch)
         losses = []
         for out, t, y in zip(self._outputs(pooled, batch["task_id"]), batch["task_id"].tolist(), batch["label"]):
-            if self.regression[t]:
-                losses.append(F.mse_loss(out.squeeze(-1).float(), self.values[t][y].to(out.device)))
+            h = self.head_of[t]
+            if self.regression[h]:
+                losses.append(F.mse_loss(out.squeeze(-1).float(), self.values[h][y].to(out.device)))
             else:
                 losses.append(F.cross_entropy(out.float()[None], y[None]))
         return torch.stack(losses).mean(), aux
