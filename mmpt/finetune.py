@@ -126,14 +126,14 @@ def zero_shot(model, data, tcfg) -> dict:
     return {f"zero_shot/{k}": v for k, v in metrics.items()}
 
 
-def prepare_model(pre, best, ftype: str, new_task):
+def prepare_model(pre, best, ftype: str, new_task=None):
     """(model, the new task's id, {group: parameters trained}) for a fine-tuning type.
 
     Encoder backbones also get a fresh head for the new task, which trains in every type (a
     classifier for the new labels cannot come from the checkpoint); the old heads stay frozen.
     """
     load, how, names = TYPES[ftype]
-    tasks = head_tasks(pre.dataset) if load else [new_task]
+    tasks = head_tasks(pre.dataset) if load else [new_task]  # heads: encoder backbones only
     model = build_model(pre.model, pre.method, pre.get("router"), n_tasks=num_tasks(pre.dataset) if load else 1,
                         tasks=tasks)
     if load:

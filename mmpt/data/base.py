@@ -2,6 +2,7 @@
 from, so each parse error names file, line and field) and the `Task` base class."""
 from __future__ import annotations
 
+import abc
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,7 @@ class Row:
 
 
 @dataclass(kw_only=True, eq=False)
-class Task:
+class Task(abc.ABC):
     """One benchmark task: where its files are, how a raw row becomes Examples, the
     verbalizers (target strings, in label-index order) and the metrics.
 
@@ -95,8 +96,9 @@ class Task:
     tsv_columns: list[str] | None = None  # for header-less TSV files (CoLA)
     regression: bool = False  # verbalizers are numbers (STS-B): encoder backbones regress them
 
+    @abc.abstractmethod
     def parse(self, row: Row, number: int, hub: bool) -> list[Example]:
-        raise NotImplementedError
+        """The Examples of one raw record (MultiRC: one per answer option)."""
 
     def read(self, split: str, data_dir: str | Path | None) -> list[Example]:
         """Examples of an official split: "train" or "validation"."""

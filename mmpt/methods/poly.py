@@ -5,6 +5,7 @@ a selector from mmpt/routers/skills.py turns each example's task id into mixing 
 [batch, n_splits, n_skills]. `routing(batch, repeat)` computes the weights once per selector for
 one backbone call and hands them to the layers that use them; nothing outlives that call.
 """
+import abc
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,11 +39,13 @@ class PolySkills(Method):
     def configure(self, cfg) -> None:
         """Read and check the adapter's own keys (before any layer is made)."""
 
+    @abc.abstractmethod
     def make_layer(self, linear: nn.Linear) -> nn.Module:
-        raise NotImplementedError
+        """The skill-bank wrapper of one adapted Linear."""
 
+    @abc.abstractmethod
     def adapter_params(self) -> list:
-        raise NotImplementedError
+        """Every skill-bank weight (the `adapters` group)."""
 
     def param_groups(self):
         # `routing` may be empty (private / average selectors have nothing to learn)

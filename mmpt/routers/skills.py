@@ -11,6 +11,7 @@ Which layers share a selector is the granularity (`group_key`). The old rows of 
 buffer once a new task is appended (`add_task`), so no optimizer step, weight decay included,
 can move them.
 """
+import abc
 import re
 
 import torch
@@ -45,7 +46,7 @@ def check_ids(task_ids, n_tasks: int) -> None:
         raise ValueError(f"task ids {task_ids.unique().tolist()} outside the selector's {n_tasks} tasks")
 
 
-class Selector(nn.Module):
+class Selector(nn.Module, abc.ABC):
     """Base: `forward(task_ids) -> [B, n_splits, n_skills]`, rows summing to 1.
 
     `probs(task_ids, sample)` are the activations in [0, 1] before normalisation; `sample` (the
@@ -55,8 +56,9 @@ class Selector(nn.Module):
         super().__init__()
         self.n_tasks, self.n_splits, self.n_skills = n_tasks, n_splits, n_skills
 
+    @abc.abstractmethod
     def probs(self, task_ids, sample: bool):
-        raise NotImplementedError
+        """[B, n_splits, n_skills] activations in [0, 1] for the given task ids."""
 
     def forward(self, task_ids):
         p = self.probs(task_ids, sample=self.training)
