@@ -175,9 +175,9 @@ class Trainer:
                 if last_batch:  # the epoch ends here: the position rolls over before any save
                     self.p.epoch, self.p.batch = self.p.epoch + 1, 0
                 self.p.train_time_s += time.perf_counter() - start
-                start = time.perf_counter()
                 if (self.t.eval_every and self.p.step % self.t.eval_every == 0) or last_batch:
                     stop = self._eval()
+                start = time.perf_counter()  # evaluation time is not training time
                 if self.p.step >= self.total:
                     stop = True
                 if stop:
