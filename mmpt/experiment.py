@@ -10,6 +10,7 @@ from transformers import set_seed
 
 from mmpt.data import EncodedSplit, get_task, load_splits, make_loader, num_batches, resolve_data_dir
 from mmpt.data.mixture import load_mixture, num_tasks
+from mmpt.data.splits import kshot
 from mmpt.engine import checkpoint
 from mmpt.engine.evaluate import evaluate
 from mmpt.engine.logging import RunLogger
@@ -48,12 +49,15 @@ def load_task_data(cfg, tokenizer, seed):
     task = get_task(cfg.dataset.name)
     splits = load_splits(cfg.dataset.name, resolve_data_dir(cfg.paths.data_dir), seed,
                          cfg.dataset.get("val_fraction", 0.1))
+    splits = kshot(splits, cfg.get("k_shot"), seed)  # few-shot baselines (e.g. LoRA from scratch)
     return TaskData(task, splits, tokenizer, cfg.dataset, cfg.trainer, seed)
 
 
 def load_data(cfg, tokenizer, seed):
     """One task -> TaskData; a mixture (`dataset.tasks`) -> MixtureData, which has the same interface."""
     if cfg.dataset.get("tasks"):
+        if cfg.get("k_shot") is not None:
+            raise ConfigError("k_shot", "k-shot sampling takes one task, not a mixture (`dataset.tasks`)")
         return load_mixture(cfg.dataset, tokenizer, cfg.trainer, seed, resolve_data_dir(cfg.paths.data_dir))
     return load_task_data(cfg, tokenizer, seed)
 

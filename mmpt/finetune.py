@@ -10,11 +10,11 @@ import logging
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 from omegaconf import OmegaConf, open_dict
 from transformers import set_seed
 
 from mmpt.data import get_task, load_splits, resolve_data_dir
+from mmpt.data.splits import kshot
 from mmpt.data.mixture import MixtureData, apply_format, num_tasks
 from mmpt.engine import checkpoint, distributed
 from mmpt.engine.evaluate import evaluate
@@ -52,21 +52,6 @@ def load_pretrained(path) -> tuple:
         raise CheckpointError(f"pretrained={path}: no complete checkpoints/best (did the run finish "
                               "its first evaluation?)")
     return OmegaConf.load(config), best
-
-
-def kshot(splits: dict, k, seed: int) -> dict:
-    """k training examples drawn with `seed`; val: as many drawn from the held-out val (all of it
-    if smaller), so that model selection sees no more labels than training; test: complete."""
-    if k is None:
-        return splits
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(splits["train"]):
-        raise ConfigError("k_shot", f"expected null or an integer in [1, {len(splits['train'])}], got {k!r}")
-    rng = np.random.default_rng([seed, k])
-
-    def draw(examples):
-        return [examples[i] for i in sorted(rng.choice(len(examples), min(k, len(examples)), replace=False))]
-
-    return {"train": draw(splits["train"]), "val": draw(splits["val"]), "test": splits["test"]}
 
 
 def route_new_task(method, how: str, ftype: str) -> int:

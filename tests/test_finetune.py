@@ -13,8 +13,10 @@ from conftest import DATA, ROOT, compose_cfg
 from mmpt.data import load_splits
 from mmpt.data.mixture import num_tasks
 from mmpt.engine import checkpoint
+from mmpt.data.splits import kshot
 from mmpt.errors import CheckpointError, ConfigError
-from mmpt.finetune import TYPES, kshot, load_pretrained, prepare_model
+from mmpt.experiment import load_data
+from mmpt.finetune import TYPES, load_pretrained, load_task, prepare_model
 from mmpt.models import build_model
 from mmpt.routers.skills import Average
 
@@ -142,6 +144,20 @@ def test_kshot_is_deterministic_per_seed():
     for bad in (0, 10**6, "16"):
         with pytest.raises(ConfigError, match="k_shot"):
             kshot(splits, bad, 0)
+
+
+def test_train_k_shot_baseline_sees_the_fine_tuning_sample(tiny):
+    """LoRA from scratch (train.py k_shot=...) trains and selects on exactly the examples that
+    finetune.py draws for the same task and seed, so the transfer comparison is like for like."""
+    tok = tiny("lora").tokenizer
+    over = ["dataset=cb", "k_shot=16", "seed=3"]
+    base = load_data(compose_cfg(over), tok, 3)
+    fine = load_task(compose_cfg(over, config_name="finetune"), tok, task_id=0)
+    for split in ("train", "val", "test"):
+        assert [e.id for e in getattr(base, split)] == [e.id for e in getattr(fine, split)]
+    assert len(base.train) == 16 and len(base.val) == 16 and len(base.test) == 56
+    with pytest.raises(ConfigError, match="k_shot"):
+        load_data(compose_cfg(["dataset=glue_superglue_mix", "k_shot=16"]), tok, 0)
 
 
 def test_broken_or_mismatched_pretrained_runs_are_clear_errors(tmp_path):

@@ -56,3 +56,18 @@ def load_splits(task_name: str, data_dir: str | Path | None, seed: int,
     task = get_task(task_name)
     train, val = holdout(task, task.read("train", data_dir), seed, val_fraction)
     return {"train": train, "val": val, "test": task.read("validation", data_dir)}
+
+
+def kshot(splits: dict, k, seed: int) -> dict:
+    """k training examples drawn with `seed`; val: as many drawn from the held-out val (all of it
+    if smaller), so that model selection sees no more labels than training; test: complete."""
+    if k is None:
+        return splits
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(splits["train"]):
+        raise ConfigError("k_shot", f"expected null or an integer in [1, {len(splits['train'])}], got {k!r}")
+    rng = np.random.default_rng([seed, k])
+
+    def draw(examples):
+        return [examples[i] for i in sorted(rng.choice(len(examples), min(k, len(examples)), replace=False))]
+
+    return {"train": draw(splits["train"]), "val": draw(splits["val"]), "test": splits["test"]}
