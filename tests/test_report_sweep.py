@@ -56,6 +56,16 @@ def test_seed_subruns_count_once_each(tmp_path):
     assert sorted(runs["seed"]) == [0, 1] and runs["score"].mean() == pytest.approx(0.7)
 
 
+def test_finetune_runs_are_named_by_the_pretrained_method_and_type(tmp_path):
+    fake_run(tmp_path / "pre", "poly_lora", "glue_mix", 0, 0.5)
+    ft = tmp_path / "ft"
+    fake_run(ft, "unused", "rte", 1, 0.6)
+    (ft / ".hydra" / "config.yaml").write_text(yaml.safe_dump(  # finetune.yaml has no method group
+        {"pretrained": str(tmp_path / "pre"), "finetune_type": "Z", "dataset": {"name": "rte"}, "seed": 1}))
+    runs, _ = collect(ft)
+    assert runs.loc[0, "method"] == "poly_lora/Z" and runs.loc[0, "seed"] == 1
+
+
 def sweep(tmp_path, db, n, *extra):
     env = {**os.environ, "MMPT_DATA_DIR": str(DATA), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     cmd = [sys.executable, "train.py", "-m", "model=t5_tiny", "method=prefix", "dataset=cb", "trainer.max_steps=2",

@@ -23,6 +23,16 @@ def _config(run: Path, root: Path) -> dict | None:
     return None
 
 
+def _method(cfg: dict) -> str:
+    """The method's name; finetune.py runs have none of their own: their pre-trained run's."""
+    name = (cfg.get("method") or {}).get("name")
+    if name is None and cfg.get("pretrained"):  # a path as given to finetune.py (relative: to the cwd)
+        pre = Path(cfg["pretrained"]) / ".hydra" / "config.yaml"
+        if pre.exists():
+            name = (yaml.safe_load(pre.read_text()).get("method") or {}).get("name")
+    return name or "?"
+
+
 def _main_metric(task: str, metrics: dict) -> str:
     key = metrics.get("optimized_metric_key") or ""
     if key.startswith("val/"):
@@ -51,7 +61,7 @@ def collect(root) -> tuple[pd.DataFrame, int]:
             continue
         metrics = json.loads(mfile.read_text())
         task = cfg.get("dataset", {}).get("name", "?")
-        method = cfg.get("method", {}).get("name", "?")
+        method = _method(cfg)
         if cfg.get("finetune_type"):
             method = f"{method}/{cfg['finetune_type']}"
         seed = re.fullmatch(r"seed_(\d+)", run.name)
