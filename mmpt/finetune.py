@@ -66,9 +66,10 @@ def route_new_task(method, how: str, ftype: str) -> int:
     return 0  # fresh (PolyRand): a one-task table; average: the id is ignored
 
 
-def restrict(model, names) -> dict:
-    """Train exactly the named groups: set requires_grad accordingly and make the method report
-    just these groups to the optimizer. `backbone` = every backbone weight no method group owns."""
+def restrict(model, names, head=()) -> dict:
+    """Train exactly the named groups (plus `head`: an encoder's head for the new task): set
+    requires_grad accordingly and make the model report just these groups to the optimizer.
+    `backbone` = every backbone weight no method group owns."""
     groups = {k: v for k, v in model.method.param_groups().items() if v}
     owned = {id(p) for ps in groups.values() for p in ps}
     rest = [p for p in model.backbone.parameters() if id(p) not in owned]
@@ -78,12 +79,14 @@ def restrict(model, names) -> dict:
         raise ConfigError("finetune_type", f"this model has no `{missing[0]}` parameters to train "
                           f"(method {model.method.cfg.name}; it has {sorted(groups)})")
     chosen = {n: groups[n] for n in names}
+    if head:
+        chosen["head"] = list(head)
     model.requires_grad_(False)
     for params in chosen.values():
         for p in params:
             p.requires_grad_(True)
-    # The fine-tuning type, not the method, decides what trains: the optimizer asks the method.
-    model.method.param_groups = lambda: chosen
+    # The fine-tuning type, not the method, decides what trains: the optimizer asks the model.
+    model.param_groups = lambda: chosen
     return chosen
 
 
@@ -128,14 +131,10 @@ def prepare_model(pre, best, ftype: str, new_task=None):
                                   f"says method `{pre.method.name}`")
         checkpoint.load_weights(best, model)
     task_id = route_new_task(model.method, how, ftype)
-    chosen = restrict(model, names)
-    if hasattr(model, "heads"):
+    head = []
+    if hasattr(model, "heads"):  # encoder backbones
         head = model.add_head(new_task, task_id) if load else list(model.heads.parameters())
-        chosen["head"] = head
-        for p in head:
-            p.requires_grad_(True)
-        model.param_groups = lambda: chosen
-    return model, task_id, chosen
+    return model, task_id, restrict(model, names, head)
 
 
 def finetune(cfg) -> dict:

@@ -108,6 +108,22 @@ def test_one_head_per_task_and_regression_for_stsb(tiny_bert_dir):
     assert loss.item() == pytest.approx(((pred - torch.tensor([2.0, 0.0, 5.0])) ** 2).mean().item(), rel=1e-4)
 
 
+def test_a_mixed_task_batch_scores_each_example_with_its_own_head(tiny_bert_dir):
+    model = bert(tiny_bert_dir, "lora", tasks=("rte", "stsb", "cb")).eval()
+    batch = toy_batch(model.tokenizer, choices=[f"{i / 5:.1f}" for i in range(26)], labels=(1, 10, 2))
+    batch["task_id"] = torch.tensor([0, 1, 2])
+    scores, _ = model.score(batch)
+    loss, _ = model(batch)
+    alone = []
+    for i in range(3):  # each example as a batch of one
+        one = {k: v[i:i + 1] if torch.is_tensor(v) else v for k, v in batch.items()}
+        s, _ = model.score(one)
+        assert torch.allclose(scores[i], s[0])
+        alone.append(model(one)[0])
+    assert scores[0, 2:].eq(float("-inf")).all() and scores[2, 3:].eq(float("-inf")).all()
+    assert loss.item() == pytest.approx(torch.stack(alone).mean().item(), rel=1e-5)
+
+
 def test_minilm_learns_sst2_in_a_few_steps(tmp_path):
     """The real pretrained MiniLM: 60 LoRA steps on SST-2 beat the majority class on its test set."""
     cfg = compose_cfg(["model=minilm", "method=lora", "dataset=sst2", "trainer.max_steps=60", "trainer.batch_size=32",

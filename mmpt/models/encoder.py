@@ -72,31 +72,36 @@ class EncoderClassifier(nn.Module):
         mask = kw["attention_mask"].unsqueeze(-1).to(h.dtype)
         return (h * mask).sum(1) / mask.sum(1).clamp(min=1), aux
 
-    def _outputs(self, pooled, task_id):
-        """Per example: the class logits (or the regressed score) of its task's head."""
-        return [self.heads[self.head_of[t]](p) for p, t in zip(pooled, task_id.tolist())]
+    def _by_head(self, pooled, task_id):
+        """(head index, positions in the batch, that head's outputs) for each head the batch uses:
+        one Linear call per head, not per example."""
+        heads = torch.tensor([self.head_of[t] for t in task_id.tolist()], device=pooled.device)
+        for h in heads.unique().tolist():
+            idx = (heads == h).nonzero().squeeze(1)
+            yield h, idx, self.heads[h](pooled[idx])
 
     def score(self, batch):
         """[B, C] choice scores: logits, or -|score - value| (the nearest value wins) for regression."""
         pooled, aux = self._pooled(batch)
         scores = torch.full(batch["choice_mask"].shape, float("-inf"), device=pooled.device)
-        for i, (out, t) in enumerate(zip(self._outputs(pooled, batch["task_id"]), batch["task_id"].tolist())):
-            h = self.head_of[t]
+        for h, idx, out in self._by_head(pooled, batch["task_id"]):
             if self.regression[h]:
-                out = -(out - self.values[h].to(out.device)).abs()
-            scores[i, : out.shape[-1]] = out.float()
+                out = -(out - self.values[h].to(out.device)).abs()  # [n, 1] against [V] values
+            scores[idx, : out.shape[-1]] = out.float()
         return scores, aux
 
     def forward(self, batch):
+        """Mean over the batch of each example's loss: cross-entropy, or MSE on the score."""
         pooled, aux = self._pooled(batch)
-        losses = []
-        for out, t, y in zip(self._outputs(pooled, batch["task_id"]), batch["task_id"].tolist(), batch["label"]):
-            h = self.head_of[t]
+        labels, total = batch["label"], 0.0
+        for h, idx, out in self._by_head(pooled, batch["task_id"]):
+            y = labels[idx]
             if self.regression[h]:
-                losses.append(F.mse_loss(out.squeeze(-1).float(), self.values[h][y].to(out.device)))
+                target = self.values[h].to(out.device)[y]
+                total = total + F.mse_loss(out.squeeze(-1).float(), target, reduction="sum")
             else:
-                losses.append(F.cross_entropy(out.float()[None], y[None]))
-        return torch.stack(losses).mean(), aux
+                total = total + F.cross_entropy(out.float(), y, reduction="sum")
+        return total / len(labels), aux
 
     def generate(self, batch, max_new_tokens: int = 10):
         raise ConfigError("trainer.eval_mode", "encoder backbones have no decoder: use trainer.eval_mode=rank")
