@@ -10,7 +10,7 @@ from hydra.types import RunMode
 from omegaconf import open_dict
 
 from mmpt.engine import distributed
-from mmpt.experiment import run_dir
+from mmpt.experiment import claim_run_dir, run_dir
 from mmpt.errors import ConfigError, MMPTError
 
 log = logging.getLogger("mmpt")
@@ -49,6 +49,7 @@ def main_wrapper(fn, cfg):
     """
     try:
         with distributed.session():
+            claim_run_dir(cfg)  # .hydra/ and the log file; refuses to resume into another run
             metrics = over_seeds(fn, cfg) if cfg.get("mean_over_seeds") else fn(cfg)
     except MMPTError as e:
         log.error("%s", e)

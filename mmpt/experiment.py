@@ -1,17 +1,18 @@
 """train(cfg): one training run from a composed config to metrics.json. Pure apart from the run dir."""
 import json
 import logging
-import time
+import os
 from pathlib import Path
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from transformers import set_seed
 
 from mmpt.data import EncodedSplit, get_task, load_splits, make_loader, num_batches, resolve_data_dir
 from mmpt.data.mixture import load_mixture, num_tasks
 from mmpt.data.splits import kshot
-from mmpt.engine import checkpoint
+from mmpt.engine import checkpoint, distributed
 from mmpt.engine.evaluate import evaluate
 from mmpt.engine.logging import RunLogger
 from mmpt.engine.loop import Trainer, validate_trainer
@@ -43,6 +44,62 @@ class TaskData:
 def run_dir(cfg) -> Path:
     """paths.output_dir: Hydra's run dir by default; mean_over_seeds points it at seed_<s>/."""
     return Path(cfg.paths.output_dir)
+
+
+# What a resumed command may change: where files are read and written, and how runs are logged.
+RUN_CONTROL = ("resume", "paths", "logger", "optimized_metric")
+
+
+def config_changes(saved, cfg) -> list[str]:
+    """`key: saved -> new` for every config value that differs, run-control keys aside; the
+    `*.name` keys (which method, task, optimizer) first."""
+    def flat(node, prefix=""):
+        if not isinstance(node, dict):
+            return {prefix[:-1]: node}
+        return {k: v for key, sub in node.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+
+    a, b = (flat(OmegaConf.to_container(c, resolve=False)) for c in (saved, cfg))
+    keys = sorted(a.keys() | b.keys(), key=lambda k: (not k.endswith(".name"), k))
+    keys = [k for k in keys if k.split(".")[0] not in RUN_CONTROL]
+    return [f"{k}: {a.get(k, '<unset>')} -> {b.get(k, '<unset>')}" for k in keys if a.get(k) != b.get(k)]
+
+
+def claim_run_dir(cfg) -> None:
+    """Write this command's `.hydra/` (config, hydra, overrides) into Hydra's run dir and log to
+    `<job>.log` there, unless the command is refused first.
+
+    Hydra writes neither itself (conf/hydra/default.yaml), so a refused command leaves a finished
+    run's files byte for byte as they were. resume=true is refused when the dir holds a run whose
+    config differs in more than RUN_CONTROL keys; when accepted, the run keeps the `.hydra/` of
+    its first start.
+    """
+    if not HydraConfig.initialized():
+        return  # called as a library (tests): the caller owns the directory
+    hydra = HydraConfig.get()
+    out = Path(hydra.runtime.output_dir)
+    saved = out / ".hydra" / "config.yaml"
+    resuming = bool(cfg.get("resume")) and saved.exists()
+    if resuming:
+        changes = config_changes(OmegaConf.load(saved), cfg)
+        if changes:
+            raise ConfigError("resume", f"{out} holds another run ({'; '.join(changes[:3])}"
+                              f"{'; ...' if len(changes) > 3 else ''}); resume=true only continues the "
+                              "same run: choose another hydra.run.dir")
+    if distributed.is_main() and not resuming:
+        files = {"config.yaml": cfg, "hydra.yaml": HydraConfig.instance().cfg, "overrides.yaml": hydra.overrides.task}
+        for name, node in files.items():
+            tmp = saved.with_name(name + ".tmp")  # written whole or not at all: other ranks read it
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(OmegaConf.to_yaml(node))
+            os.replace(tmp, saved.with_name(name))
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h.name == "mmpt-run-log"]:  # a sweep's previous job
+        root.removeHandler(handler)
+        handler.close()
+    handler = logging.FileHandler(out / f"{hydra.job.name}.log")
+    handler.name = "mmpt-run-log"
+    handler.setFormatter(next((h.formatter for h in root.handlers if h.formatter), None))
+    root.addHandler(handler)
 
 
 def load_task_data(cfg, tokenizer, seed):
@@ -105,14 +162,13 @@ def fit_and_test(cfg, model, data, out: Path, logger, extra: dict | None = None)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s on %s: %d trainable / %d parameters, %d optimizer steps", cfg.method.name,
              cfg.dataset.name, n_train, sum(p.numel() for p in model.parameters()), trainer.total)
-    start = time.perf_counter()
     progress = trainer.fit()
-    checkpoint.load_weights(out / "checkpoints" / "best", model)
+    checkpoint.load_weights(checkpoint.find(out / "checkpoints" / "best"), model)
     metrics = final_eval(model, data, cfg.trainer, out)
     main = f"val/{data.task.main_metric}"
     metrics.update(**(extra or {}), best_step=progress.best_step, trainable_params=n_train,
                    train_time_s=round(progress.train_time_s, 2), optimized_metric_key=main,
-                   total_time_s=round(time.perf_counter() - start, 2))
+                   total_time_s=round(trainer.elapsed(), 2))  # both summed over resumed parts
     if hasattr(model.method, "save_figures"):  # e.g. learned mask gates, routing heatmaps
         for key, path in model.method.save_figures(out).items():
             logger.image(key, path)

@@ -1,11 +1,15 @@
 """Checkpoints: trainable parameters (safetensors) + optimizer, schedule, RNG and data position.
 
 Writes go to `<dir>.tmp`, which is renamed into place only once complete, so a crash mid-save
-never leaves a loadable broken checkpoint: readers accept a directory only if it holds COMPLETE.
+never leaves a loadable broken checkpoint: readers accept a directory only if it holds COMPLETE,
+and a swap cut short leaves the previous checkpoint complete at `<dir>.old`.
 """
 import json
+import os
 import random
 import shutil
+import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +41,36 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@contextmanager
+def rng_untouched():
+    """Run a block without advancing the global RNGs (python, numpy, torch, CUDA).
+
+    Training draws dropout and router noise from the global torch RNG. Anything else that draws
+    from it between two steps (evaluation, creating a DataLoader iterator, which takes a base
+    seed) would shift that stream, and a resumed run, which creates its iterator mid-epoch where
+    the uninterrupted run did not, would then train on other dropout masks. Saving and restoring
+    the state around such blocks keeps training's stream a function of the steps taken alone;
+    dedicated generators would not cover what libraries draw inside those blocks.
+    """
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
+KILL_ENV = "MMPT_TEST_KILL_AT"
+
+
+def kill_point(event: str, step) -> None:
+    """Test hook: SIGKILL this process when MMPT_TEST_KILL_AT is "<event>:<step>", so that
+    tests/test_resume.py can interrupt a run exactly where it wants (events: `step` after a
+    step's log / eval / save; `<checkpoint>-files`, `-swap`, `-clean` inside `save`). Unset (every
+    real run), it does nothing."""
+    if os.environ.get(KILL_ENV) == f"{event}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def save(path, model, meta: dict, state: dict | None = None) -> None:
     """Atomically write a checkpoint directory at `path` (replacing any previous one)."""
     path = Path(path)
@@ -47,12 +81,19 @@ def save(path, model, meta: dict, state: dict | None = None) -> None:
     save_file(weights, tmp / WEIGHTS)
     shapes = {n: list(t.shape) for n, t in weights.items()}
     (tmp / META).write_text(json.dumps({**meta, "params": shapes}, indent=1))
+    kill_point(f"{path.name}-files", meta.get("step"))
     if state is not None:
         torch.save({**state, "rng": rng_state()}, tmp / STATE)
     (tmp / DONE).write_text("ok\n")
-    if path.exists():
+    if (path / DONE).exists():
+        # `old` survives a kill during the last save's clean-up; `path` is complete, so drop it
+        shutil.rmtree(old, ignore_errors=True)
         path.rename(old)
+    else:
+        shutil.rmtree(path, ignore_errors=True)  # never complete: nothing to keep
+    kill_point(f"{path.name}-swap", meta.get("step"))  # only `old` is complete here
     tmp.rename(path)
+    kill_point(f"{path.name}-clean", meta.get("step"))
     shutil.rmtree(old, ignore_errors=True)
 
 

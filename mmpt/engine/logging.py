@@ -31,6 +31,25 @@ class RunLogger:
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in values.items() if isinstance(v, (int, float))}, step=step)
 
+    def rewind(self, step: int) -> None:
+        """Drop the metrics.jsonl lines logged after `step`: a run resumed from its step-`step`
+        checkpoint logs them again, and each step should appear once. A last line cut short by a
+        kill goes too. The file is replaced atomically, so a kill here loses nothing."""
+        path = self.dir / "metrics.jsonl"
+        if not self.enabled or not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("step", step) <= step:
+                kept.append(line + "\n")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+
     def image(self, key: str, path) -> None:
         if self.wandb is not None:
             import wandb

@@ -2,7 +2,9 @@
 
 Checkpoints are taken only at optimizer-step boundaries (after each eval), together with the RNG
 state and the position in the epoch, so a resumed run replays exactly what an uninterrupted run
-would have done.
+would have done: bitwise on CPU, whether it was stopped mid-epoch, at an epoch end or mid-save.
+Evaluation and DataLoader iterator creation run under `checkpoint.rng_untouched`, so the random
+stream training draws from (dropout, router noise) does not depend on where they happened.
 """
 import logging
 import math
@@ -34,7 +36,8 @@ class Progress:
     best_step: int = -1
     bad_evals: int = 0       # evals since the last improvement (patience)
     evaluated_at: int = -1
-    train_time_s: float = 0.0
+    train_time_s: float = 0.0  # time in training steps, summed over the resumed parts of the run
+    total_time_s: float = 0.0  # wall time up to the last checkpoint, summed likewise
 
 
 def schedule_length(tcfg, batches_per_epoch: int) -> int:
@@ -84,32 +87,41 @@ class Trainer:
         self.p = Progress()
         self.meta = {"method": cfg.method.name, "model": cfg.model.get("name_or_path") or cfg.model.get("build")}
         if resume:
-            self._resume()
+            self._resume(run_dir)
+        self._clock = time.perf_counter() - self.p.total_time_s
 
-    def _resume(self) -> None:
+    def elapsed(self) -> float:
+        """Wall seconds of this run: this process's so far plus those before the checkpoint."""
+        return time.perf_counter() - self._clock
+
+    def _resume(self, run_dir) -> None:
         last = checkpoint.find(self.ckpt / "last")
-        if last is None:
-            log.warning("resume=true but no checkpoint in %s: starting from scratch", self.ckpt)
-            return
-        checkpoint.load_weights(last, self.model)
-        state = checkpoint.load_state(last)
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
-        self.p = Progress(**state["progress"])
-        checkpoint.set_rng_state(state["rng"])
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", last, self.p.step, self.p.epoch, self.p.batch)
+        if last is not None:
+            checkpoint.load_weights(last, self.model)
+            state = checkpoint.load_state(last)
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            self.p = Progress(**state["progress"])
+            checkpoint.set_rng_state(state["rng"])
+            log.info("resumed from %s at step %d (epoch %d, batch %d)", last, self.p.step, self.p.epoch, self.p.batch)
+        elif distributed.is_main():
+            log.warning("resume=true: %s has no checkpoint; starting from scratch", run_dir)
+        # what the interrupted process logged after its checkpoint is logged again from here
+        self.logger.rewind(self.p.step)
 
     def _save_last(self) -> None:
+        self.p.total_time_s = self.elapsed()
         state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                  "progress": asdict(self.p)}
         if distributed.is_main():
-            checkpoint.save(self.ckpt / "last", self.model, self.meta, state)
+            checkpoint.save(self.ckpt / "last", self.model, {**self.meta, "step": self.p.step}, state)
         distributed.barrier()
 
     def _eval(self) -> bool:
         """Evaluate on val, keep the best weights, save `last`; return True to stop early."""
-        metrics, _, stats = evaluate(self.model, self.data.loader("val"), self.data.val, self.data.task,
-                                     self.t.eval_mode, self.t.max_new_tokens, self.t.get("precision"))
+        with checkpoint.rng_untouched():  # whether and how often we evaluate leaves training alone
+            metrics, _, stats = evaluate(self.model, self.data.loader("val"), self.data.val, self.data.task,
+                                         self.t.eval_mode, self.t.max_new_tokens, self.t.get("precision"))
         score = metrics[self.main]
         self.p.evaluated_at = self.p.step
         if score > self.p.best:
@@ -154,7 +166,9 @@ class Trainer:
                    disable=not self.logger.enabled)
         while not stop:
             start, micro, loss_sum = time.perf_counter(), 0, 0.0
-            for batch in self.data.loader("train", epoch=self.p.epoch, skip=self.p.batch):
+            with checkpoint.rng_untouched():  # iter() draws a seed; a resumed run does it mid-epoch
+                batches = iter(self.data.loader("train", epoch=self.p.epoch, skip=self.p.batch))
+            for batch in batches:
                 loss, value = self._loss(batch)
                 if not math.isfinite(value):
                     raise TrainingError(f"loss is {value} at step {self.p.step} (epoch {self.p.epoch}); "
@@ -178,6 +192,7 @@ class Trainer:
                 if (self.t.eval_every and self.p.step % self.t.eval_every == 0) or last_batch:
                     stop = self._eval()
                 start = time.perf_counter()  # evaluation time is not training time
+                checkpoint.kill_point("step", self.p.step)  # test hook (tests/test_resume.py)
                 if self.p.step >= self.total:
                     stop = True
                 if stop:
