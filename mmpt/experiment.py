@@ -13,7 +13,7 @@ from mmpt.data import EncodedSplit, get_task, load_splits, make_loader, num_batc
 from mmpt.data.mixture import load_mixture, num_tasks
 from mmpt.data.splits import kshot
 from mmpt.engine import checkpoint, distributed
-from mmpt.engine.evaluate import evaluate
+from mmpt.engine.evaluate import check_length_norm, evaluate
 from mmpt.engine.logging import RunLogger
 from mmpt.engine.loop import Trainer, validate_trainer
 from mmpt.errors import ConfigError
@@ -133,7 +133,7 @@ def final_eval(model, data, tcfg, out: Path) -> dict:
     result = {}
     for split, examples in (("val", data.val), ("test", data.test)):
         metrics, rows, stats = evaluate(model, data.loader(split), examples, data.task,
-                                        tcfg.eval_mode, tcfg.max_new_tokens)
+                                        tcfg.eval_mode, tcfg.max_new_tokens, length_norm=tcfg.get("rank_length_norm", 0))
         result.update({f"{split}/{k}": v for k, v in {**metrics, **stats}.items()})
         if tcfg.get("save_predictions", True):
             (out / "predictions").mkdir(exist_ok=True)
@@ -158,6 +158,7 @@ def train(cfg) -> dict:
 def fit_and_test(cfg, model, data, out: Path, logger, extra: dict | None = None) -> dict:
     """Train, reload the best-val weights, evaluate them on val and test, write metrics.json
     (with `extra`, e.g. fine-tuning's zero-shot scores). Shared by train() and finetune()."""
+    check_length_norm(model, cfg.trainer.get("rank_length_norm", 0))  # before training, not at the first eval
     trainer = Trainer(model, data, cfg, out, logger, resume=cfg.get("resume", False))
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s on %s: %d trainable / %d parameters, %d optimizer steps", cfg.method.name,

@@ -4,7 +4,8 @@ The backbone, method and router are rebuilt from the pretrained run's `.hydra/co
 `checkpoints/best` weights are loaded, the routing is adapted to the new task, and the parameters
 `finetune_type` names are trained by experiment.fit_and_test (the same loop, best-val selection and
 metrics.json as train.py). Before fitting, the loaded skills are scored on test with average
-routing: `zero_shot/<metric>`.
+routing: `zero_shot/<metric>`. The held-out task is read in the pretrained run's input format
+(`dataset.format`) unless the command line sets one.
 """
 import logging
 from contextlib import nullcontext
@@ -27,9 +28,10 @@ from mmpt.models import build_model
 
 log = logging.getLogger(__name__)
 
-# finetune_type -> (load the checkpoint, what happens to the routing, the groups it trains)
+# finetune_type -> (load the checkpoint, what happens to the routing, the groups it trains;
+# None = every group the model has, as the reference's F trains the whole model of any checkpoint)
 TYPES = {
-    "F": (True, "new_row", ("backbone", "adapters", "routing")),
+    "F": (True, "new_row", None),
     "A": (True, "new_row", ("adapters",)),
     "Z": (True, "new_row", ("routing",)),
     "MuZ": (True, "average", ("adapters",)),
@@ -56,6 +58,12 @@ def load_pretrained(path) -> tuple:
 
 def route_new_task(method, how: str, ftype: str) -> int:
     """Adapt the routing to the new task; return the task id its examples carry."""
+    if ftype == "A" and hasattr(method, "use_average"):
+        # the reference refuses A on skill checkpoints too: the skills would train under a fresh
+        # row's random routing samples while evaluation reads its (near uniform) sigmoid
+        raise ConfigError("finetune_type", f"A trains adapters under the checkpoint's routing, which has "
+                          f"no row for a new task ({method.cfg.name}); use MuZ (skills under uniform "
+                          "routing), Poly (skills + a new routing row) or Z (the routing row only)")
     if how == "new_row":
         return method.add_task() if hasattr(method, "add_task") else 0
     if not hasattr(method, "use_average"):
@@ -69,11 +77,12 @@ def route_new_task(method, how: str, ftype: str) -> int:
 def restrict(model, names, head=()) -> dict:
     """Train exactly the named groups (plus `head`: an encoder's head for the new task): set
     requires_grad accordingly and make the model report just these groups to the optimizer.
-    `backbone` = every backbone weight no method group owns."""
+    `backbone` = every backbone weight no method group owns; names None = every group."""
     groups = {k: v for k, v in model.method.param_groups().items() if v}
     owned = {id(p) for ps in groups.values() for p in ps}
     rest = [p for p in model.backbone.parameters() if id(p) not in owned]
     groups["backbone"] = groups.get("backbone", []) + rest
+    names = sorted(groups) if names is None else names
     missing = [n for n in names if not groups.get(n)]
     if missing:
         raise ConfigError("finetune_type", f"this model has no `{missing[0]}` parameters to train "
@@ -97,7 +106,7 @@ def load_task(cfg, tokenizer, task_id: int):
     name, data_dir = cfg.dataset.name, resolve_data_dir(cfg.paths.data_dir)
     splits = kshot(load_splits(name, data_dir, cfg.seed, cfg.dataset.get("val_fraction", 0.1)),
                    cfg.k_shot, cfg.seed)
-    if cfg.dataset.get("format", "fixed") == "fixed":
+    if (cfg.dataset.get("format") or "fixed") == "fixed":  # null: finetune() sets the pretrained run's
         return TaskData(get_task(name), splits, tokenizer, cfg.dataset, cfg.trainer, cfg.seed, task_id=task_id)
     if cfg.dataset.get("task_id_from", "task") != "task":
         raise ConfigError("dataset.task_id_from", "fine-tuning gives the new task one routing row: use `task`")
@@ -105,12 +114,20 @@ def load_task(cfg, tokenizer, task_id: int):
     return MixtureData(cfg.dataset, {name: splits}, tokenizer, cfg.trainer, cfg.seed, task_offset=task_id)
 
 
+def inherit_format(cfg, pre) -> None:
+    """dataset.format null (the default) -> the pretrained run's: skills pre-trained on promptsource
+    templates are fine-tuned on templates too. The routing row is always one per task."""
+    if cfg.dataset.get("format") is None:
+        with open_dict(cfg):
+            cfg.dataset.format = pre.dataset.get("format", "fixed")
+
+
 def zero_shot(model, data, tcfg) -> dict:
     """Test metrics of the loaded skills with uniform routing, before any fitting."""
     averaged = getattr(model.method, "averaged", None)
     with averaged() if averaged else nullcontext():
         metrics, _, _ = evaluate(model, data.loader("test"), data.test, data.task, tcfg.eval_mode,
-                                 tcfg.max_new_tokens, tcfg.get("precision"))
+                                 tcfg.max_new_tokens, tcfg.get("precision"), tcfg.get("rank_length_norm", 0))
     return {f"zero_shot/{k}": v for k, v in metrics.items()}
 
 
@@ -144,6 +161,7 @@ def finetune(cfg) -> dict:
     if not isinstance(cfg.get("seed"), int):
         raise ConfigError("seed", f"expected an integer, got {cfg.get('seed')!r}")
     pre, best = load_pretrained(cfg.pretrained)
+    inherit_format(cfg, pre)
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import METHOD_CFGS, make_model, tiny_cfg, toy_batch
+from conftest import METHOD_CFGS, compose_cfg, make_model, tiny_cfg, toy_batch
 from mmpt.engine import checkpoint
 from mmpt.engine.optim import build_optimizer
 from mmpt.errors import ConfigError
@@ -237,3 +237,90 @@ def test_task_ids_outside_the_table_are_refused():
 def test_bad_skill_configs_name_the_key(method, router, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         poly_model(method, router)
+
+
+# -- defaults and behaviours of the MTTL seed (first commit of microsoft/mttl with pl_train.py) --
+
+def seed_default_model(*over):
+    """A poly_lora model from the shipped configs (conf/method/poly_lora.yaml, conf/router/poly.yaml)."""
+    cfg = compose_cfg(["model=t5_tiny", "model.dropout=0.0", "method=poly_lora", "method.n_skills=3",
+                       "method.rank=4", *over])
+    torch.manual_seed(0)
+    return build_model(cfg.model, cfg.method, cfg.router, n_tasks=2), cfg
+
+
+def test_default_skill_update_is_x_a_b_over_rank():
+    model, cfg = seed_default_model()
+    name, layer = next(iter(model.method._layers.items()))
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    layer.weights = torch.tensor([[[1.0, 0.0, 0.0]]])  # skill 0 alone
+    x = torch.randn(1, 5, layer.base.in_features)
+    A, B = layer.lora_A[0, 0].T, layer.lora_B[0, 0].T  # as the spec writes them: [r, d_in], [d_out, r]
+    assert torch.allclose(layer(x) - layer.base(x), (x @ A.T) @ B.T / cfg.method.rank, atol=1e-6)
+
+
+def test_default_targets_are_the_attention_projections_and_ffn_is_an_option():
+    model, _ = seed_default_model()
+    names = list(model.method._layers)
+    assert len(names) == 4 * (2 + 2 * 2)  # q, k, v, o of 2 encoder and 2 x 2 decoder attentions
+    assert all(n.split(".")[-1] in "qkvo" and "DenseReluDense" not in n for n in names)
+    ffn, _ = seed_default_model("method.target_modules=${model.targets.poly_ffn}")
+    assert len(ffn.method._layers) == len(names) + 2 * 4  # + wi, wo of the 4 blocks
+
+
+def test_moe_defaults_follow_the_reference_and_renormalise_over_skills():
+    model, _ = seed_default_model("router=moe", "method.n_skills=6", "method.n_splits=2")
+    sel = next(iter(model.method.selectors.values()))
+    assert (sel.top_k, sel.noise_std) == (3, pytest.approx(1 / 6))
+    sel.train()
+    with torch.no_grad():
+        sel.logits.normal_()
+    ids = torch.tensor([1, 0, 1])
+    torch.manual_seed(5)
+    w = sel(ids)
+    torch.manual_seed(5)  # by hand: N(0, 1) / n_skills noise, softmax, top 3, renormalised per split
+    probs = (sel.logits[ids].view(3, 2, 6) + torch.randn(3, 2, 6) / 6).softmax(-1)
+    top = probs.topk(3, -1)
+    expected = torch.zeros_like(probs).scatter(-1, top.indices, top.values / top.values.sum(-1, keepdim=True))
+    assert torch.allclose(w, expected, atol=1e-6)
+    assert torch.allclose(w.sum(-1), torch.ones(3, 2))  # per split (the reference sums over splits)
+
+
+def test_dropout_turns_sampled_skills_off_in_training_only():
+    sel = Poly(1, 1, 8, dropout=0.5)
+    with torch.no_grad():
+        sel.logits.fill_(30.0)  # every skill on in every sample
+    ids = torch.zeros(2000, dtype=torch.long)
+    torch.manual_seed(0)
+    probs = sel.train().probs(ids, sample=True)
+    assert ((probs == 0) | (probs > 0.99)).all()  # a dropped skill is off, the others stay on
+    assert (probs == 0).float().mean().item() == pytest.approx(0.5, abs=0.02)
+    assert torch.equal(sel.eval()(ids[:3]), torch.full((3, 1, 8), 1 / 8))  # eval: nothing dropped
+    shared = Poly(1, 1, 4, dropout=0.5, shared_skill=True).train()
+    assert (shared.probs(ids, sample=True)[..., -1] == 1).all()  # the shared skill is never dropped
+
+
+def test_straight_through_eval_rounds_like_training():
+    sel = Poly(1, 1, 4, straight_through=True)
+    with torch.no_grad():
+        sel.logits.copy_(torch.tensor([[2.0, -2.0, 0.5, -0.5]]))
+    ids = torch.zeros(1, dtype=torch.long)
+    assert torch.equal(sel.eval()(ids), torch.tensor([[[0.5, 0.0, 0.5, 0.0]]]))
+    trained = sel.train().probs(torch.zeros(500, dtype=torch.long), sample=True)
+    assert torch.allclose(trained, trained.round(), atol=1e-6)  # training: hard samples as well
+    assert 0 < trained.round().mean() < 1
+
+
+@pytest.mark.parametrize("granularity", ["coarsegrained", "coderwise"])
+def test_a_shared_selector_samples_each_layer_independently(granularity):
+    model = poly_model(target_modules=ALL, router={"granularity": granularity})
+    batch = batch_for(model, [0, 2, 1])
+    for training in (True, False):
+        model.train(training)
+        with model.method.routing(batch):
+            weights = {name: layer.weights.clone() for name, layer in model.method._layers.items()}
+        for key in model.method.selectors:  # the layers that share this selector
+            ws = [w for name, w in weights.items() if model.method._key[name] == key]
+            same = [torch.equal(ws[0], w) for w in ws[1:]]
+            assert len(ws) > 2 and (not any(same) if training else all(same)), (key, training)

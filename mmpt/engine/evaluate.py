@@ -1,11 +1,13 @@
 """Evaluation: rank classification (default) or greedy generation, then the task's metrics."""
 import contextlib
+import inspect
 import logging
 import re
 
 import torch
 
 from mmpt.engine import distributed
+from mmpt.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +30,14 @@ def normalise(text: str) -> str:
 
 
 @torch.no_grad()
-def predict(model, loader, choices_of, mode: str = "rank", max_new_tokens: int = 10, precision=None):
+def predict(model, loader, choices_of, mode: str = "rank", max_new_tokens: int = 10, precision=None,
+            length_norm: float = 0):
     """Return ({index: predicted choice, -1 if no label matched}, [aux dicts]).
 
     choices_of(index) gives the verbalizers of example `index`. In a distributed run every process
     scores its rows of each batch and the predictions are gathered, so all processes return all.
+    length_norm (rank mode): each choice's summed log-likelihood is divided by its token count to
+    this power (0: the plain sum; only text-to-text models score choices token by token).
     """
     was_training = model.training
     model.eval()
@@ -44,7 +49,10 @@ def predict(model, loader, choices_of, mode: str = "rank", max_new_tokens: int =
         if not idx:
             continue
         with autocast(device, precision):
-            result = model.score(batch) if mode == "rank" else model.generate(batch, max_new_tokens)
+            if mode == "rank":
+                result = model.score(batch, length_norm) if length_norm else model.score(batch)
+            else:
+                result = model.generate(batch, max_new_tokens)
         if mode == "rank":
             scores, aux = result
             pred = scores.argmax(-1).tolist()
@@ -65,11 +73,22 @@ def predict(model, loader, choices_of, mode: str = "rank", max_new_tokens: int =
     return preds, aux_all
 
 
-def evaluate(model, loader, examples, task, mode="rank", max_new_tokens=10, precision=None):
+def check_length_norm(model, value) -> None:
+    """trainer.rank_length_norm: a number >= 0, and > 0 only for models that score choice tokens."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError("trainer.rank_length_norm", f"expected a number >= 0, got {value!r}")
+    if value and "length_norm" not in inspect.signature(model.score).parameters:
+        raise ConfigError("trainer.rank_length_norm", f"{type(model).__name__} scores choices with a "
+                          "classifier head, not token by token: use 0")
+
+
+def evaluate(model, loader, examples, task, mode="rank", max_new_tokens=10, precision=None, length_norm=0):
     """Metrics (with `invalid_rate` in generate mode), prediction rows and routing diagnostics."""
+    check_length_norm(model, length_norm)
     # a mixture's examples may each have their own choices (promptsource templates)
     choices = getattr(task, "choices_of", lambda ex: task.verbalizers)
-    preds, aux = predict(model, loader, lambda i: choices(examples[i]), mode, max_new_tokens, precision)
+    preds, aux = predict(model, loader, lambda i: choices(examples[i]), mode, max_new_tokens, precision,
+                         length_norm)
     order = [preds[i] for i in range(len(examples))]
     metrics = task.metrics(order, examples)
     if mode == "generate":

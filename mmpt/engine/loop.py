@@ -121,7 +121,8 @@ class Trainer:
         """Evaluate on val, keep the best weights, save `last`; return True to stop early."""
         with checkpoint.rng_untouched():  # whether and how often we evaluate leaves training alone
             metrics, _, stats = evaluate(self.model, self.data.loader("val"), self.data.val, self.data.task,
-                                         self.t.eval_mode, self.t.max_new_tokens, self.t.get("precision"))
+                                         self.t.eval_mode, self.t.max_new_tokens, self.t.get("precision"),
+                                         self.t.get("rank_length_norm", 0))
         score = metrics[self.main]
         self.p.evaluated_at = self.p.step
         if score > self.p.best:

@@ -2,8 +2,9 @@
 
 Every adapted Linear holds a bank of n_skills adapters (LoRA or IA3, mmpt/methods/adapters.py);
 a selector from mmpt/routers/skills.py turns each example's task id into mixing weights
-[batch, n_splits, n_skills]. `routing(batch, repeat)` computes the weights once per selector for
-one backbone call and hands them to the layers that use them; nothing outlives that call.
+[batch, n_splits, n_skills]. `routing(batch, repeat)` asks each layer's selector for the weights of
+one backbone call (a selector shared by several layers draws a sample for each of them, as the
+reference's layers each call theirs); nothing outlives that call.
 """
 import abc
 from contextlib import contextmanager
@@ -60,9 +61,8 @@ class PolySkills(Method):
         """Mixing weights for one backbone call; repeat: rows per example (rank scoring's C choices)."""
         device = next(iter(self._layers.values())).base.weight.device
         ids = batch["task_id"].to(device)
-        weights = {key: sel(ids).repeat_interleave(repeat, 0) for key, sel in self.selectors.items()}
         for name, layer in self._layers.items():
-            layer.weights = weights[self._key[name]]
+            layer.weights = self.selectors[self._key[name]](ids).repeat_interleave(repeat, 0)
         try:
             yield
         finally:
@@ -96,14 +96,16 @@ class PolySkills(Method):
 
     # -- diagnostics --
     @torch.no_grad()
-    def allocation(self) -> torch.Tensor:
-        """Eval activations of every task, per selector: [n_selectors, n_tasks, n_splits, n_skills]."""
+    def allocation(self, trained_only: bool = False) -> torch.Tensor:
+        """Eval activations per selector: [n_selectors, tasks, n_splits, n_skills], of every task or
+        of the tasks whose rows this run trains (fine-tuning: the new task's, not the frozen ones)."""
         device = next(iter(self._layers.values())).base.weight.device
-        ids = torch.arange(self.n_tasks, device=device)
+        first = next(iter(self.selectors.values()))
+        ids = first.trained_ids(device) if trained_only else torch.arange(self.n_tasks, device=device)
         return torch.stack([sel.probs(ids, sample=False) for sel in self.selectors.values()]).float().cpu()
 
     def eval_stats(self, aux):
-        return routing_stats(self.allocation())
+        return routing_stats(self.allocation(trained_only=True))
 
     def save_figures(self, run_dir) -> dict:
         import matplotlib

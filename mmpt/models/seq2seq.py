@@ -55,8 +55,9 @@ class Seq2SeqModel(nn.Module):
         return out.loss, aux
 
     @torch.no_grad()
-    def score(self, batch):
+    def score(self, batch, length_norm: float = 0):
         """[B, C] summed log-likelihood of every choice; -inf where an example has fewer choices.
+        length_norm > 0 divides each sum by (the choice's tokens, EOS included) ** length_norm.
 
         The encoder runs once per example; its states are repeated for the C choices, which the
         decoder scores in one teacher-forced pass.
@@ -77,7 +78,10 @@ class Seq2SeqModel(nn.Module):
         logp = logits.float().log_softmax(-1)
         valid = labels != -100
         tok = logp.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1) * valid
-        scores = tok.sum(-1).view(b, c)
+        scores = tok.sum(-1)
+        if length_norm:  # longer choices sum more negative terms (T-Few / MTTL's length_norm)
+            scores = scores / valid.sum(-1).clamp(min=1).float() ** length_norm
+        scores = scores.view(b, c)
         return scores.masked_fill(~batch["choice_mask"], float("-inf")), aux
 
     @torch.no_grad()

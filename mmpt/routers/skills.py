@@ -3,7 +3,8 @@ over a bank of skills. Every selector's rows sum to 1 over skills.
 
 - poly: a logit per (task, split, skill), U(-1e-3, 1e-3); training samples a relaxed Bernoulli
   (Gumbel-sigmoid), eval takes the sigmoid; weights are normalised w / sum(w).
-- moe: the same table, softmax with Gaussian noise in training, top-k, renormalised.
+- moe: the same table, softmax with Gaussian noise (std 1 / n_skills) in training, top-k (3),
+  renormalised over the kept skills.
 - private: one-hot on the task id (n_skills = n_tasks): independent per-task adapters.
 - average: uniform 1 / n_skills (MuZ fine-tuning and zero-shot scoring).
 
@@ -64,6 +65,10 @@ class Selector(nn.Module, abc.ABC):
         p = self.probs(task_ids, sample=self.training)
         return p / (p.sum(-1, keepdim=True) + EPS)
 
+    def trained_ids(self, device=None):
+        """The task ids whose routing this run trains (all of them, unless rows were frozen)."""
+        return torch.arange(self.n_tasks, device=device)
+
 
 class Average(Selector):
     def probs(self, task_ids, sample):  # every skill fully on; normalised: 1 / n_skills
@@ -102,6 +107,9 @@ class Table(Selector):
         rows = torch.cat([self.frozen, self.logits])[task_ids]
         return rows.view(-1, self.n_splits, self.n_skills)
 
+    def trained_ids(self, device=None):  # the frozen rows of earlier tasks come first
+        return torch.arange(len(self.frozen), self.n_tasks, device=device)
+
 
 class Poly(Table):
     def __init__(self, n_tasks, n_splits, n_skills, temperature=1.0, straight_through=False,
@@ -109,31 +117,41 @@ class Poly(Table):
         super().__init__(n_tasks, n_splits, n_skills)
         if shared_skill and n_skills < 2:
             raise ConfigError("router.shared_skill", "needs n_skills >= 2 (one shared, the rest routed)")
+        if not 0 <= dropout < 1:
+            raise ConfigError("router.dropout", f"expected a probability in [0, 1), got {dropout!r}")
         self.temperature, self.straight_through = temperature, straight_through
         self.dropout, self.shared_skill = dropout, shared_skill
 
     def probs(self, task_ids, sample):
         logits = self.table(task_ids)
         if sample:
-            logits = F.dropout(logits, self.dropout)
             u = torch.rand_like(logits).clamp(EPS, 1 - EPS)
             # relaxed Bernoulli: sigmoid((logit + logistic noise) / T)
             probs = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / self.temperature)
-            if self.straight_through:  # hard 0/1 forward, the relaxed sample's gradient backward
-                probs = (probs > 0.5).float() + probs - probs.detach()
         else:
             probs = torch.sigmoid(logits)
+        if self.straight_through:
+            # hard 0/1 forward, the soft value's gradient backward; eval rounds too, so the weights
+            # it uses are the kind training saw
+            probs = (probs > 0.5).float() + probs - probs.detach()
+        if sample and self.dropout:
+            # drop sampled weights: a dropped skill is off for that example (training only); no
+            # 1 / (1 - p) rescaling, the normalisation below would cancel it
+            probs = probs * (torch.rand_like(probs) >= self.dropout)
         if self.shared_skill:  # the last skill of every split is always on, for every task
             probs = torch.cat([probs[..., :-1], torch.ones_like(probs[..., -1:])], -1)
         return probs
 
 
 class MoE(Table):
-    def __init__(self, n_tasks, n_splits, n_skills, top_k=2, noise_std=1.0):
+    def __init__(self, n_tasks, n_splits, n_skills, top_k=3, noise_std=None):
         super().__init__(n_tasks, n_splits, n_skills)
         if not isinstance(top_k, int) or not 1 <= top_k <= n_skills:
             raise ConfigError("router.top_k", f"expected an integer in [1, n_skills={n_skills}], got {top_k!r}")
-        self.top_k, self.noise_std = top_k, noise_std
+        if noise_std is not None and not noise_std >= 0:
+            raise ConfigError("router.noise_std", f"expected null or a number >= 0, got {noise_std!r}")
+        # the reference's noise: N(0, 1) / n_skills
+        self.top_k, self.noise_std = top_k, 1 / n_skills if noise_std is None else noise_std
 
     def probs(self, task_ids, sample):
         logits = self.table(task_ids)
@@ -141,7 +159,7 @@ class MoE(Table):
             logits = logits + self.noise_std * torch.randn_like(logits)
         probs = logits.softmax(-1)
         kept = torch.zeros_like(probs).scatter(-1, probs.topk(self.top_k, -1).indices, 1.0)
-        return probs * kept
+        return probs * kept  # forward() renormalises over the skills (the reference: over splits)
 
 
 SELECTORS = {"poly": Poly, "moe": MoE, "private": Private, "average": Average}
