@@ -4,6 +4,7 @@ Writes go to `<dir>.tmp`, which is renamed into place only once complete, so a c
 never leaves a loadable broken checkpoint: readers accept a directory only if it holds COMPLETE.
 """
 import json
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -104,5 +105,7 @@ def load_weights(path, model, strict: bool = True, skip=()) -> dict:
 def load_state(path) -> dict:
     try:
         return torch.load(Path(path) / STATE, weights_only=False)
-    except (OSError, RuntimeError, EOFError) as e:
-        raise CheckpointError(f"checkpoint {path}: cannot read training state ({e})") from None
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:  # missing, truncated, corrupt
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {Path(path) / STATE}: cannot read the training state ({first}); "
+                              "delete the checkpoint or run without resume=true") from None
