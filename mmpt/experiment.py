@@ -128,17 +128,28 @@ def head_tasks(dcfg) -> list:
     return [get_task(name) for name in dcfg.tasks]
 
 
-def final_eval(model, data, tcfg, out: Path) -> dict:
-    """Evaluate the current weights on val and test; write predictions; return prefixed metrics."""
-    result = {}
+def final_eval(model, data, tcfg, out: Path, val_eval: dict | None = None) -> dict:
+    """Evaluate the current weights on val and test; write predictions; return prefixed metrics.
+
+    val_eval: the metrics, stats and prediction rows of the eval that chose these weights (the best
+    checkpoint's meta), which scoring val again would only repeat; None scores val here.
+    On screen: the task metrics and the method's `summary_stats` (default: all its stats)."""
+    result, shown = {}, {}
     for split, examples in (("val", data.val), ("test", data.test)):
-        metrics, rows, stats = evaluate(model, data.loader(split), examples, data.task,
-                                        tcfg.eval_mode, tcfg.max_new_tokens, length_norm=tcfg.get("rank_length_norm", 0))
+        if split == "val" and val_eval is not None:
+            metrics, stats, rows = val_eval["metrics"], val_eval["stats"], val_eval["rows"]
+        else:
+            metrics, rows, stats = evaluate(model, data.loader(split), examples, data.task, tcfg.eval_mode,
+                                            tcfg.max_new_tokens, tcfg.get("precision"),
+                                            tcfg.get("rank_length_norm", 0))
         result.update({f"{split}/{k}": v for k, v in {**metrics, **stats}.items()})
+        summary = getattr(model.method, "summary_stats", stats)
+        shown.update({f"{split}/{k}": v for k, v in {**metrics, **stats}.items() if k in metrics or k in summary})
         if tcfg.get("save_predictions", True):
             (out / "predictions").mkdir(exist_ok=True)
             with open(out / "predictions" / f"{split}.jsonl", "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
+    log.info("final: %s", ", ".join(f"{k}={v:.4f}" for k, v in shown.items() if isinstance(v, float)))
     return result
 
 
@@ -159,13 +170,16 @@ def fit_and_test(cfg, model, data, out: Path, logger, extra: dict | None = None)
     """Train, reload the best-val weights, evaluate them on val and test, write metrics.json
     (with `extra`, e.g. fine-tuning's zero-shot scores). Shared by train() and finetune()."""
     check_length_norm(model, cfg.trainer.get("rank_length_norm", 0))  # before training, not at the first eval
+    if cfg.trainer.eval_mode == "generate" and not model.backbone.config.is_encoder_decoder:
+        raise ConfigError("trainer.eval_mode", f"`{cfg.model.get('build')}` is an encoder backbone with "
+                          "classification heads and no decoder: it cannot generate; use trainer.eval_mode=rank")
     trainer = Trainer(model, data, cfg, out, logger, resume=cfg.get("resume", False))
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s on %s: %d trainable / %d parameters, %d optimizer steps", cfg.method.name,
              cfg.dataset.name, n_train, sum(p.numel() for p in model.parameters()), trainer.total)
     progress = trainer.fit()
-    checkpoint.load_weights(checkpoint.find(out / "checkpoints" / "best"), model)
-    metrics = final_eval(model, data, cfg.trainer, out)
+    best = checkpoint.load_weights(checkpoint.find(out / "checkpoints" / "best"), model)
+    metrics = final_eval(model, data, cfg.trainer, out, best.get("val_eval"))
     main = f"val/{data.task.main_metric}"
     metrics.update(**(extra or {}), best_step=progress.best_step, trainable_params=n_train,
                    train_time_s=round(progress.train_time_s, 2), optimized_metric_key=main,
@@ -174,6 +188,4 @@ def fit_and_test(cfg, model, data, out: Path, logger, extra: dict | None = None)
         for key, path in model.method.save_figures(out).items():
             logger.image(key, path)
     logger.finish(metrics)
-    log.info("final: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
-                                     if k.startswith(("val/", "test/")) and isinstance(v, float)))
     return metrics

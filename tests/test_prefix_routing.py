@@ -211,6 +211,7 @@ def test_cli_run_logs_routing_statistics_and_the_mask_picture(tmp_path):
     evals = [r for r in map(json.loads, open(tmp_path / "metrics.jsonl")) if r["event"] == "eval"]
     assert len(evals) == 2
     for row in evals:
-        assert sum(row[f"router/load_{r}"] for r in range(4)) == pytest.approx(1.0)
-        assert {"router/entropy", "router/max_load", "mask/gate_mean_encoder.0", "mask/gate_mean_decoder.1"} <= set(row)
+        assert sum(row[f"val/router/load_{r}"] for r in range(4)) == pytest.approx(1.0)
+        assert {"val/router/entropy", "val/router/max_load", "val/mask/gate_mean_encoder.0",
+                "val/mask/gate_mean_decoder.1"} <= set(row)
     assert (tmp_path / "mask_gates.png").read_bytes()[:4] == b"\x89PNG"

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from mmpt.data.collate import collate, encode
 from mmpt.data.sampler import LengthBucketBatchSampler, make_loader
 from mmpt.data.splits import load_splits
-from mmpt.data.tasks import get_task
+from mmpt.data.tasks import TASKS, get_task
 from mmpt.errors import ConfigError
 
 SAMPLINGS = ("proportional", "uniform", "temperature")
@@ -57,9 +57,18 @@ def epoch_indices(sizes, rates, n: int, seed: int, epoch: int) -> np.ndarray:
     return out
 
 
+def check_tasks(names) -> list[str]:
+    """The mixture's task names, refused (naming `dataset.tasks`) if one is not a known task."""
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        raise ConfigError("dataset.tasks", f"unknown task {unknown[0]!r} in {list(names)}; "
+                          f"expected names from {sorted(TASKS)}")
+    return list(names)
+
+
 def task_keys(dcfg, names=None) -> list[str]:
     """What the task ids index: task names, or "task/template" pairs (`task_id_from: template`)."""
-    names = list(names or dcfg.tasks)
+    names = check_tasks(names or dcfg.tasks)
     by = dcfg.get("task_id_from", "task")
     if by == "task":
         return names
@@ -153,7 +162,7 @@ def apply_format(name: str, splits: dict, dcfg, data_dir, seed: int) -> dict[str
 
 
 def load_mixture(dcfg, tokenizer, tcfg, seed: int, data_dir) -> "MixtureData":
-    names = list(dcfg.tasks)
+    names = check_tasks(dcfg.tasks)
     if len(set(names)) != len(names):
         raise ConfigError("dataset.tasks", f"a task is listed twice: {names}")
     return MixtureData(dcfg, {n: prepare_task(n, dcfg, data_dir, seed) for n in names}, tokenizer, tcfg, seed)

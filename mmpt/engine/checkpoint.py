@@ -6,6 +6,7 @@ and a swap cut short leaves the previous checkpoint complete at `<dir>.old`.
 """
 import json
 import os
+import pickle
 import random
 import shutil
 import signal
@@ -145,5 +146,7 @@ def load_weights(path, model, strict: bool = True, skip=()) -> dict:
 def load_state(path) -> dict:
     try:
         return torch.load(Path(path) / STATE, weights_only=False)
-    except (OSError, RuntimeError, EOFError) as e:
-        raise CheckpointError(f"checkpoint {path}: cannot read training state ({e})") from None
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:  # missing, truncated, corrupt
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {Path(path) / STATE}: cannot read the training state ({first}); "
+                              "delete the checkpoint or run without resume=true") from None

@@ -32,8 +32,9 @@ def normalise(text: str) -> str:
 @torch.no_grad()
 def predict(model, loader, choices_of, mode: str = "rank", max_new_tokens: int = 10, precision=None,
             length_norm: float = 0):
-    """Return ({index: predicted choice, -1 if no label matched}, [aux dicts]).
+    """Return ({index: predicted choice, -1 if no label matched}, {index: decoded text}, [aux dicts]).
 
+    The decoded texts exist in generate mode only (rank mode decodes nothing: the dict is empty).
     choices_of(index) gives the verbalizers of example `index`. In a distributed run every process
     scores its rows of each batch and the predictions are gathered, so all processes return all.
     length_norm (rank mode): each choice's summed log-likelihood is divided by its token count to
@@ -42,7 +43,7 @@ def predict(model, loader, choices_of, mode: str = "rank", max_new_tokens: int =
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    preds, aux_all = {}, []
+    preds, texts, aux_all = {}, {}, []
     for batch in loader:
         batch = to_device(distributed.shard(batch), device)
         idx = batch["index"].tolist()
@@ -58,19 +59,21 @@ def predict(model, loader, choices_of, mode: str = "rank", max_new_tokens: int =
             pred = scores.argmax(-1).tolist()
         else:
             ids, aux = result
-            texts = model.tokenizer.batch_decode(ids, skip_special_tokens=True)
+            decoded = model.tokenizer.batch_decode(ids, skip_special_tokens=True)
+            texts.update(zip(idx, decoded))
             pred = []
-            for i, text in zip(idx, texts):
+            for i, text in zip(idx, decoded):
                 names = [normalise(c) for c in choices_of(i)]
                 pred.append(names.index(normalise(text)) if normalise(text) in names else -1)
         preds.update(zip(idx, pred))
         aux_all.append({k: v.cpu() if torch.is_tensor(v) else v for k, v in aux.items()})
     model.train(was_training)
     if distributed.world_size() > 1:
-        parts = distributed.gather_objects((preds, aux_all))
-        preds = {i: p for part, _ in parts for i, p in part.items()}
-        aux_all = [a for _, part in parts for a in part]
-    return preds, aux_all
+        parts = distributed.gather_objects((preds, texts, aux_all))
+        preds = {i: p for part, _, _ in parts for i, p in part.items()}
+        texts = {i: t for _, part, _ in parts for i, t in part.items()}
+        aux_all = [a for _, _, part in parts for a in part]
+    return preds, texts, aux_all
 
 
 def check_length_norm(model, value) -> None:
@@ -83,17 +86,23 @@ def check_length_norm(model, value) -> None:
 
 
 def evaluate(model, loader, examples, task, mode="rank", max_new_tokens=10, precision=None, length_norm=0):
-    """Metrics (with `invalid_rate` in generate mode), prediction rows and routing diagnostics."""
+    """Metrics (with `invalid_rate` in generate mode), prediction rows and routing diagnostics.
+
+    In generate mode each row also has `output`, the decoded text, so that outputs that match no
+    label (`prediction` null, counted in `invalid_rate`) can be read."""
     check_length_norm(model, length_norm)
     # a mixture's examples may each have their own choices (promptsource templates)
     choices = getattr(task, "choices_of", lambda ex: task.verbalizers)
-    preds, aux = predict(model, loader, lambda i: choices(examples[i]), mode, max_new_tokens, precision,
-                         length_norm)
+    preds, texts, aux = predict(model, loader, lambda i: choices(examples[i]), mode, max_new_tokens, precision,
+                                length_norm)
     order = [preds[i] for i in range(len(examples))]
     metrics = task.metrics(order, examples)
     if mode == "generate":
         metrics["invalid_rate"] = sum(p < 0 for p in order) / max(len(order), 1)
     rows = [{"id": ex.id, "prediction": choices(ex)[p] if p >= 0 else None,
              "label": choices(ex)[ex.label]} for ex, p in zip(examples, order)]
+    if mode == "generate":
+        for i, row in enumerate(rows):
+            row["output"] = texts[i]
     stats = model.method.eval_stats(aux)
     return metrics, rows, stats

@@ -1,4 +1,9 @@
-"""Run logging: metrics.jsonl (always) and Weights & Biases (logger=wandb)."""
+"""Run logging: metrics.jsonl (always) and Weights & Biases (logger=wandb).
+
+A metric has one name everywhere: the key in metrics.jsonl is the W&B history key and the
+metrics.json key (`val/router/entropy`, `test/acc`). W&B runs are named `<method>-<dataset>-s<seed>`
+and tagged with method, dataset and model, so they can be found without opening them.
+"""
 import json
 import logging
 import os
@@ -18,6 +23,7 @@ class RunLogger:
         self.dir = Path(run_dir)
         self.enabled = distributed.is_main() if enabled is None else enabled  # only rank 0 writes
         self.wandb = None
+        self.step = 0  # the last step logged: W&B history steps may not go back
         lcfg = cfg.get("logger") or {}
         if self.enabled and lcfg.get("name") == "wandb":
             self.wandb = _start_wandb(lcfg, cfg, self.dir)
@@ -25,6 +31,7 @@ class RunLogger:
     def log(self, event: str, values: dict, step: int) -> None:
         if not self.enabled:
             return
+        self.step = max(self.step, step)
         row = {"event": event, "step": step, **values}
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -53,13 +60,20 @@ class RunLogger:
     def image(self, key: str, path) -> None:
         if self.wandb is not None:
             import wandb
-            self.wandb.log({key: wandb.Image(str(path))})
+            self.wandb.log({key: wandb.Image(str(path))}, step=self.step)
 
     def finish(self, summary: dict) -> None:
         if not self.enabled:
             return
         (self.dir / "metrics.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
         if self.wandb is not None:
+            # Test (and zero-shot) scores go into the history too, at the last step, so they can be
+            # plotted and compared like any metric. val/* stays as logged: the history shows each
+            # eval, the summary the best checkpoint's scores.
+            final = {k: v for k, v in summary.items()
+                     if "/" in k and not k.startswith("val/") and isinstance(v, (int, float))}
+            if final:
+                self.wandb.log(final, step=self.step)
             self.wandb.summary.update(summary)
             self.wandb.finish()
 
@@ -73,17 +87,48 @@ def _start_wandb(lcfg, cfg, run_dir):
         mode = "offline"
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("logger", None)  # never store credentials or logger internals in the run config
+    tags = [*_auto_tags(cfg), *(lcfg.get("tags") or [])]
     return wandb.init(project=lcfg.get("project"), entity=lcfg.get("entity"), group=lcfg.get("group") or _sweep_group(),
-                      name=lcfg.get("name_run"), tags=list(lcfg.get("tags") or []), mode=mode,
+                      name=lcfg.get("name_run") or run_name(cfg), tags=list(dict.fromkeys(tags)), mode=mode,
                       dir=str(run_dir), config=config, reinit="finish_previous")
 
 
+def _method(cfg) -> str:
+    # finetune.py's config has no method group: name the run by its fine-tuning type
+    method = OmegaConf.select(cfg, "method.name", default=None)
+    return method or f"finetune_{cfg.get('finetune_type')}"
+
+
+def _model(cfg) -> str | None:
+    name = OmegaConf.select(cfg, "model.name_or_path", default=None)
+    if name:
+        return Path(str(name)).name  # a hub id's or a local directory's last part
+    return OmegaConf.select(cfg, "model.build", default=None)
+
+
+def _auto_tags(cfg) -> list[str]:
+    tags = [_method(cfg), OmegaConf.select(cfg, "dataset.name", default=None), _model(cfg)]
+    return [str(t)[:64] for t in tags if t]  # W&B refuses tags over 64 characters
+
+
+def run_name(cfg) -> str:
+    """`<method>-<dataset>-s<seed>`, plus `-t<n>` for the n-th trial of a sweep."""
+    name = f"{_method(cfg)}-{OmegaConf.select(cfg, 'dataset.name', default='?')}-s{cfg.get('seed')}"
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        name += f"-t{HydraConfig.get().job.num}"
+    return name
+
+
 def _sweep_group() -> str | None:
-    """Runs of one Hydra multirun share a W&B group named after the sweep (study name or dir)."""
+    """Runs of one Hydra multirun share a W&B group named after the sweep. A study kept in
+    storage (`hydra.sweeper.storage`) is resumed by a later sweep in a new sweep dir, so its group
+    is the study name alone; other sweeps add their dir, as study names repeat across presets."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
     hc = HydraConfig.get()
     study = OmegaConf.select(hc, "sweeper.study_name", default=None)
+    if study and OmegaConf.select(hc, "sweeper.storage", default=None):
+        return study
     return f"{study}-{Path(hc.sweep.dir).name}" if study else Path(hc.sweep.dir).name
 
 

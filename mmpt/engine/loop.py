@@ -120,19 +120,22 @@ class Trainer:
     def _eval(self) -> bool:
         """Evaluate on val, keep the best weights, save `last`; return True to stop early."""
         with checkpoint.rng_untouched():  # whether and how often we evaluate leaves training alone
-            metrics, _, stats = evaluate(self.model, self.data.loader("val"), self.data.val, self.data.task,
-                                         self.t.eval_mode, self.t.max_new_tokens, self.t.get("precision"),
-                                         self.t.get("rank_length_norm", 0))
+            metrics, rows, stats = evaluate(self.model, self.data.loader("val"), self.data.val, self.data.task,
+                                            self.t.eval_mode, self.t.max_new_tokens, self.t.get("precision"),
+                                            self.t.get("rank_length_norm", 0))
         score = metrics[self.main]
+        scores = {f"val/{k}": v for k, v in {**metrics, **stats}.items()}  # the names metrics.json uses
         self.p.evaluated_at = self.p.step
         if score > self.p.best:
             self.p.best, self.p.best_step, self.p.bad_evals = score, self.p.step, 0
             if distributed.is_main():
-                checkpoint.save(self.ckpt / "best", self.model, {**self.meta, "step": self.p.step})
+                # the scores and predictions travel with the weights: the final evaluation reuses
+                # them instead of scoring val again (experiment.final_eval)
+                val_eval = {"metrics": metrics, "stats": stats, "rows": rows}
+                checkpoint.save(self.ckpt / "best", self.model, {**self.meta, "step": self.p.step, "val_eval": val_eval})
         else:
             self.p.bad_evals += 1
-        self.logger.log("eval", {**{f"val/{k}": v for k, v in metrics.items()}, **stats,
-                                 "val/best": self.p.best, "epoch": self.p.epoch}, self.p.step)
+        self.logger.log("eval", {**scores, "val/best": self.p.best, "epoch": self.p.epoch}, self.p.step)
         self._save_last()
         return bool(self.t.patience) and self.p.bad_evals >= self.t.patience
 

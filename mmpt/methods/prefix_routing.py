@@ -46,6 +46,8 @@ def mask_kind(cfg) -> str | None:
 
 class PrefixRouting(Method):
     uses_router = True
+    # the eval stats shown on screen at the end of a run; every stat is in metrics.json/jsonl
+    summary_stats = ("router/max_load", "router/entropy", "mask/gate_mean")
 
     def __init__(self, cfg, backbone, info, router_cfg):
         super().__init__(cfg, backbone, info)
@@ -133,6 +135,7 @@ class PrefixRouting(Method):
         if gates:
             mean = torch.cat(gates).double().mean(0).tolist()
             stats.update({f"mask/gate_mean_{s}": g for s, g in zip(self.sites, mean)})
+            stats["mask/gate_mean"] = sum(mean) / len(mean)  # over sites: the one-number summary
         return stats
 
     def save_figures(self, run_dir) -> dict:

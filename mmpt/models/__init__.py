@@ -6,7 +6,7 @@ Methods see the same `info` either way: prefix sites, widths, layers, number of 
 """
 from mmpt.errors import ConfigError
 from mmpt.models import encoder, seq2seq
-from mmpt.models.backbone import load_backbone
+from mmpt.models.backbone import fill_targets, load_backbone
 from mmpt.models.seq2seq import Seq2SeqModel
 
 
@@ -19,6 +19,7 @@ def build_model(model_cfg, method_cfg, router_cfg=None, n_tasks: int = 1, tasks=
     from mmpt.methods import build_method  # methods import models.seq2seq helpers
 
     backbone, tokenizer = load_backbone(model_cfg)
+    fill_targets(model_cfg, backbone.config)  # model=local: the adapter targets of the loaded family
     backbone.requires_grad_(False)
     family = seq2seq if backbone.config.is_encoder_decoder else encoder
     info = {"sites": family.tag_sites(backbone), **family.shapes(backbone), "n_tasks": n_tasks}

@@ -4,13 +4,20 @@ A method (mmpt/methods) turns a batch into the backbone's keyword arguments (`pr
 or input embeddings, the attention mask, and optionally `mmpt_prefix` (per-layer prefixes). This
 wrapper owns what is the same for every method.
 """
+import inspect
 from contextlib import nullcontext
 
 import torch
 from torch import nn
+from transformers import T5ForConditionalGeneration
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from mmpt.methods import prefix_attention
+
+# transformers renamed the decoder cache argument `past_key_values` to `cache` (5.2x) and warns at
+# every call with the old name: pass whichever name this version's T5 takes.
+CACHE_ARG = "cache" if "cache" in inspect.signature(T5ForConditionalGeneration.forward).parameters \
+    else "past_key_values"
 
 
 def tag_sites(model) -> list[str]:
@@ -100,10 +107,10 @@ class Seq2SeqModel(nn.Module):
             done = torch.zeros(b, dtype=torch.bool, device=out.device)
             cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
             for _ in range(max_new_tokens):
+                # the cache is updated in place: the same object serves the next step
                 step = self.backbone(encoder_outputs=enc, attention_mask=kw["attention_mask"],
-                                     decoder_input_ids=out[:, -1:], past_key_values=cache,
-                                     use_cache=True, mmpt_prefix=prefix)
-                cache = step.past_key_values
+                                     decoder_input_ids=out[:, -1:], use_cache=True, mmpt_prefix=prefix,
+                                     **{CACHE_ARG: cache})
                 nxt = step.logits[:, -1].argmax(-1).masked_fill(done, self.pad_id)
                 out = torch.cat([out, nxt[:, None]], dim=1)
                 done |= nxt == self.eos_id
