@@ -45,6 +45,8 @@ def mask_kind(cfg) -> str | None:
 
 
 class PrefixRouting(Method):
+    peft_why_not = "PEFT has no tuner that routes prefixes per input or gates them with learned masks"
+
     uses_router = True
 
     def __init__(self, cfg, backbone, info, router_cfg):
