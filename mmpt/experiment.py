@@ -162,6 +162,9 @@ def train(cfg) -> dict:
     set_seed(cfg.seed)
     model = build_model(cfg.model, cfg.method, cfg.get("router"), n_tasks=num_tasks(cfg.dataset),
                         tasks=head_tasks(cfg.dataset))
+    if cfg.get("init_from"):  # an adapter trained elsewhere (PEFT); mmpt.export writes them
+        from mmpt.export.importer import init_from  # mmpt.export imports this module
+        init_from(cfg.init_from, model, cfg.model, head_tasks(cfg.dataset))
     data = load_data(cfg, model.tokenizer, cfg.seed)
     return fit_and_test(cfg, model, data, out, RunLogger(out, cfg))
 

@@ -41,10 +41,10 @@ class Progress:
 
 
 def schedule_length(tcfg, batches_per_epoch: int) -> int:
-    """Total optimizer steps: trainer.max_steps if set, else epochs x steps per epoch."""
+    """Total optimizer steps: trainer.max_steps if set (0 = evaluate only), else epochs x steps per epoch."""
     accum = tcfg.grad_accum
     per_epoch = math.ceil(batches_per_epoch / accum)
-    if tcfg.get("max_steps"):
+    if tcfg.get("max_steps") is not None:
         return int(tcfg.max_steps)
     return int(tcfg.epochs) * per_epoch
 
@@ -53,10 +53,11 @@ def validate_trainer(t) -> None:
     for key in ("batch_size", "grad_accum"):
         if not isinstance(t.get(key), int) or t.get(key) < 1:
             raise ConfigError(f"trainer.{key}", f"expected an integer >= 1, got {t.get(key)!r}")
-    if not t.get("max_steps") and not (isinstance(t.get("epochs"), int) and t.epochs >= 1):
-        raise ConfigError("trainer.epochs", "set trainer.epochs >= 1 or trainer.max_steps >= 1")
     if t.get("max_steps") is not None and (not isinstance(t.max_steps, int) or t.max_steps < 0):
-        raise ConfigError("trainer.max_steps", f"expected null or an integer >= 1, got {t.max_steps!r}")
+        raise ConfigError("trainer.max_steps", f"expected null, 0 (evaluate only) or an integer >= 1, "
+                          f"got {t.max_steps!r}")
+    if t.get("max_steps") is None and not (isinstance(t.get("epochs"), int) and t.epochs >= 1):
+        raise ConfigError("trainer.epochs", "set trainer.epochs >= 1 or trainer.max_steps >= 0")
     if t.get("eval_mode") not in ("rank", "generate"):
         raise ConfigError("trainer.eval_mode", f"expected 'rank' or 'generate', got {t.get('eval_mode')!r}")
     for key in ("eval_every", "patience"):
@@ -202,6 +203,8 @@ class Trainer:
                 if stop:
                     break
         bar.close()
+        # Also the whole of max_steps=0 (evaluate only): the loaded weights are scored once on val
+        # and kept as `best`, so the final evaluation (and an export) uses exactly them.
         if self.p.evaluated_at != self.p.step:
             self._eval()
         return self.p

@@ -4,6 +4,7 @@ import abc
 from torch import nn
 
 from mmpt.errors import ConfigError
+from mmpt.export.mapping import not_expressible
 
 # The fixed vocabulary of parameter-group names; optimizer.groups.<name> configures each.
 GROUP_NAMES = ("backbone", "prompt", "prefix", "mask", "router", "shared_embedding",
@@ -41,6 +42,13 @@ class Method(nn.Module, abc.ABC):
     @abc.abstractmethod
     def param_groups(self) -> dict:
         """{group name: [parameters]}: exactly the parameters this method trains."""
+
+    # Why a PEFT adapter cannot express this method (python -m mmpt.export says it in one line).
+    peft_why_not = "PEFT has no tuner for it"
+
+    def peft_mapping(self):
+        """This method's parameters under PEFT's names and config (mmpt/export/mapping.py)."""
+        raise not_expressible(self.cfg.name, self.peft_why_not)
 
     def eval_stats(self, aux: list[dict]) -> dict:
         """Diagnostics over one evaluation, from the `aux` dicts `prepare` returned per batch."""

@@ -3,6 +3,8 @@ from mmpt.methods.base import Method
 
 
 class Full(Method):
+    peft_why_not = "full fine-tuning changes the backbone itself (use --format merged)"
+
     def __init__(self, cfg, backbone, info):
         super().__init__(cfg, backbone, info)
         # A plain list, not a submodule: the backbone is registered once, by the model wrapper.

@@ -1,5 +1,6 @@
 """LoRA (Hu et al. 2021) on the Linear modules whose names match `method.target_modules`."""
 from mmpt.errors import ConfigError
+from mmpt.export.mapping import PeftMapping, Slot
 from mmpt.methods.adapters import LoRALinear, wrap_linears
 from mmpt.methods.base import Method, positive
 
@@ -10,11 +11,19 @@ class LoRA(Method):
         rank = positive(cfg, "rank")
         if not 0 <= cfg.dropout < 1:
             raise ConfigError("method.dropout", f"expected a value in [0, 1), got {cfg.dropout}")
-        layers = wrap_linears(backbone, cfg.target_modules,
-                              lambda lin: LoRALinear(lin, rank, cfg.alpha, cfg.dropout))
-        # Plain list: the layers live inside the backbone; registering them here too would
-        # give every adapter weight two names in the state dict.
-        self._layers = list(layers.values())
+        self.rank = rank
+        # Plain dict {module path: layer} and list: the layers live inside the backbone;
+        # registering them here too would give every adapter weight two names in the state dict.
+        self._named = wrap_linears(backbone, cfg.target_modules,
+                                   lambda lin: LoRALinear(lin, rank, cfg.alpha, cfg.dropout))
+        self._layers = list(self._named.values())
 
     def param_groups(self):
         return {"adapters": [p for m in self._layers for p in (m.lora_A, m.lora_B)]}
+
+    def peft_mapping(self):
+        # PEFT's LoRA: same A [r, d_in], B [d_out, r] and scale lora_alpha / r (use_rslora off)
+        config = {"peft_type": "LORA", "r": self.rank, "lora_alpha": self.cfg.alpha,
+                  "lora_dropout": self.cfg.dropout, "target_modules": sorted(self._named)}
+        return PeftMapping(config, {f"{name}.lora_{x}.weight": Slot(getattr(m, f"lora_{x}"))
+                                    for name, m in self._named.items() for x in "AB"})

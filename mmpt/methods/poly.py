@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from mmpt.errors import ConfigError
+from mmpt.export.mapping import PeftMapping, Slot, not_expressible
 from mmpt.methods.adapters import PolyIA3Linear, PolyLoRALinear, wrap_linears
 from mmpt.methods.base import Method, positive
-from mmpt.routers.skills import GRANULARITIES, Average, Table, build_selector, group_key, routing_stats
+from mmpt.routers.skills import GRANULARITIES, Average, Poly, Table, build_selector, group_key, routing_stats
 
 
 class PolySkills(Method):
@@ -127,6 +128,8 @@ class PolySkills(Method):
 
 
 class PolyLoRA(PolySkills):
+    peft_why_not = "PEFT's poly tuner takes the poly selector only"
+
     def configure(self, cfg):
         self.rank = positive(cfg, "rank")
         if not 0 <= cfg.dropout < 1:
@@ -138,8 +141,28 @@ class PolyLoRA(PolySkills):
     def adapter_params(self):
         return [p for m in self._layers.values() for p in (m.lora_A, m.lora_B)]
 
+    def peft_mapping(self):
+        # PEFT's poly tuner: the same A/B bank layout and eval routing (sigmoid, normalised), a
+        # router per adapted module (a selector shared by several modules is written to each),
+        # and a fixed scale 1 / r: B is stored times alpha so that B_peft / r = (alpha / r) B.
+        odd = [type(s).__name__.lower() for s in self.selectors.values() if type(s) is not Poly]
+        odd += ["shared_skill"] * any(getattr(s, "shared_skill", False) for s in self.selectors.values())
+        odd += ["fine-tuned routing rows"] * any(len(getattr(s, "frozen", ())) for s in self.selectors.values())
+        if odd:
+            raise not_expressible(self.cfg.name, f"{self.peft_why_not} (this run: {odd[0]})")
+        config = {"peft_type": "POLY", "poly_type": "poly", "r": self.rank, "n_tasks": self.n_tasks,
+                  "n_skills": self.n_skills, "n_splits": self.n_splits, "target_modules": sorted(self._layers)}
+        tensors = {}
+        for name, m in self._layers.items():
+            tensors[f"{name}.poly_lora_A"] = Slot(m.lora_A)
+            tensors[f"{name}.poly_lora_B"] = Slot(m.lora_B, scale=self.cfg.alpha)
+            tensors[f"{name}.poly_router.module_logits"] = Slot(self.selectors[self._key[name]].logits)
+        return PeftMapping(config, tensors)
+
 
 class PolyIA3(PolySkills):
+    peft_why_not = "PEFT's poly tuner mixes LoRA skills only"
+
     def make_layer(self, linear):
         return PolyIA3Linear(linear, self.n_skills, self.n_splits)
 

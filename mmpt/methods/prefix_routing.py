@@ -45,6 +45,8 @@ def mask_kind(cfg) -> str | None:
 
 
 class PrefixRouting(Method):
+    peft_why_not = "PEFT has no tuner that routes prefixes per input or gates them with learned masks"
+
     uses_router = True
     # the eval stats shown on screen at the end of a run; every stat is in metrics.json/jsonl
     summary_stats = ("router/max_load", "router/entropy", "mask/gate_mean")

@@ -14,6 +14,8 @@ from mmpt.routers.input_router import InputRouter, route_stats, router_options
 
 
 class PromptRouting(Method):
+    peft_why_not = "PEFT has no tuner that routes a pool of soft prompts per input (SMoP)"
+
     uses_router = True
 
     def __init__(self, cfg, backbone, info, router_cfg):

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from mmpt.errors import ConfigError
+from mmpt.export.mapping import PeftMapping, Slot
 from mmpt.methods.base import Method, positive
 
 
@@ -37,3 +38,11 @@ class PromptTuning(Method):
 
     def param_groups(self):
         return {"prompt": [self.prompt]}
+
+    def peft_mapping(self):
+        # num_transformer_submodules=1: the prompt goes before the encoder input only (PEFT's
+        # seq2seq default of 2 would also prepend a second prompt to the decoder input).
+        n, d = self.prompt.shape
+        config = {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": n, "token_dim": d,
+                  "num_transformer_submodules": 1}
+        return PeftMapping(config, {"prompt_embeddings": Slot(self.prompt)})

@@ -1,0 +1,110 @@
+"""init_from=peft:DIR: a PEFT adapter read into the run's method (then trained on, or only
+evaluated with trainer.max_steps=0).
+
+The run's method says what it would export (`peft_mapping()`); an adapter loads only if it is
+exactly that shape: the same PEFT type and settings, the same adapted modules, the same base
+model. Anything else is a one-line error naming what differs.
+"""
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from mmpt.errors import ConfigError
+from mmpt.export import head, peft_format
+from mmpt.export.runs import base_name
+from mmpt.methods.adapters import Wrapped
+
+log = logging.getLogger(__name__)
+
+METHOD_OF = {"LORA": "lora", "IA3": "ia3", "PROMPT_TUNING": "prompt_tuning", "PREFIX_TUNING": "prefix",
+             "POLY": "poly_lora"}
+# PEFT config field -> the mmpt key that sets it (for the error message)
+KEY_OF = {"r": "method.rank", "lora_alpha": "method.alpha", "num_virtual_tokens": "method.num_virtual_tokens",
+          "n_skills": "method.n_skills", "n_splits": "method.n_splits", "n_tasks": "dataset (its number of tasks)",
+          "token_dim": "model", "num_layers": "model", "num_attention_heads": "model"}
+NOT_COMPARED = {"peft_type", "target_modules", "lora_dropout"}  # modules: checked through the tensor keys
+
+
+def _norm(v):
+    return sorted(v) if isinstance(v, (list, set, tuple)) else v
+
+
+def check_config(config: dict, mapping, method: str, where) -> None:
+    want = mapping.config["peft_type"]
+    got = config.get("peft_type")
+    if got != want:
+        hint = f" (method={METHOD_OF[got]} reads it)" if got in METHOD_OF else ""
+        raise ConfigError("init_from", f"{where} is a PEFT {got} adapter; method {method} needs {want}{hint}")
+    for k, v in mapping.config.items():
+        if k not in NOT_COMPARED and _norm(config.get(k)) != _norm(v):
+            raise ConfigError("init_from", f"{where} has {k}={config.get(k)!r}; this run has {v!r} "
+                              f"(set {KEY_OF.get(k, 'method.' + k)} to match)")
+
+
+def _clean_state(backbone) -> dict:
+    """The backbone's own weights under their transformers names (adapter wrappers looked through)."""
+    wrapped = {n for n, m in backbone.named_modules() if isinstance(m, Wrapped)}
+    state = {}
+    for name, p in backbone.named_parameters():
+        module, _, leaf = name.rpartition(".")
+        if module.endswith(".base") and module[:-5] in wrapped:
+            state[f"{module[:-5]}.{leaf}"] = p
+        elif module not in wrapped:
+            state[name] = p
+    return state
+
+
+def check_base(config: dict, where: Path, model_cfg, backbone) -> None:
+    base = config.get("base_model_name_or_path") or ""
+    local = where / base if base and (where / base).is_dir() else Path(base) if base and Path(base).is_dir() else None
+    mine = base_name(model_cfg)
+    if local is not None and list(local.glob("*.safetensors")):
+        state = _clean_state(backbone)
+        for f in sorted(local.glob("*.safetensors")):
+            for name, t in load_file(f).items():
+                if name not in state or state[name].shape != t.shape or not torch.equal(state[name].detach().cpu(), t):
+                    raise ConfigError("init_from", f"{where}: its base model {local} differs from this run's "
+                                      f"model (first at `{name}`); choose the model the adapter was trained on")
+        return
+    if mine is None or base.rstrip("/").split("/")[-1].lower() != mine.rstrip("/").split("/")[-1].lower():
+        raise ConfigError("init_from", f"{where} adapts base model {base!r}; this run's model is "
+                          f"{mine or model_cfg.get('build')!r}")
+
+
+def load_tensors(tensors: dict, mapping, where) -> None:
+    slots = peft_format.peft_keys(mapping)
+    extra, missing = sorted(set(tensors) - set(slots)), sorted(set(slots) - set(tensors))
+    if extra or missing:
+        what = f"has `{extra[0]}`, which this run lacks" if extra else f"lacks `{missing[0]}`"
+        raise ConfigError("init_from", f"{where} {what}: the adapted modules differ (method.target_modules)")
+    values = {}
+    for key, slot in slots.items():
+        want = slot.to_peft().shape
+        if tensors[key].shape != want:
+            raise ConfigError("init_from", f"{where}: `{key}` has shape {list(tensors[key].shape)}, "
+                              f"this run's is {list(want)}")
+        value = slot.from_peft(tensors[key])
+        seen = values.setdefault(id(slot.param), (slot.param, value))[1]
+        if not torch.equal(seen, value):  # one mmpt parameter under several keys (shared selectors)
+            raise ConfigError("init_from", f"{where}: `{key}` differs from the other keys this run shares "
+                              "one parameter with (router.granularity)")
+    with torch.no_grad():
+        for param, value in values.values():
+            param.copy_(value)
+
+
+def init_from(spec, model, model_cfg, tasks) -> None:
+    kind, _, path = str(spec).partition(":")
+    if kind != "peft" or not path:
+        raise ConfigError("init_from", f"expected peft:<adapter directory>, got {spec!r}")
+    where = Path(path).expanduser()
+    config, tensors = peft_format.read(where)
+    mapping = model.method.peft_mapping()
+    check_config(config, mapping, model.method.cfg.name, where)
+    check_base(config, where, model_cfg, model.backbone)
+    load_tensors(tensors, mapping, where)
+    if head.has_heads(model) and not head.load(model, tasks, where):
+        log.warning("%s has no %s: the task heads start untrained", where, head.WEIGHTS)
+    log.info("init_from: loaded the PEFT adapter %s", where)

@@ -1,0 +1,56 @@
+"""A run's method as a PEFT adapter directory (adapter_config.json + adapter_model.safetensors).
+
+The method says which tensors go where (`peft_mapping()`); this module adds what is the same for
+every method: PEFT's key prefix, the task type, the base model's name, and the file layout that
+`PeftModel.from_pretrained(base, DIR)` reads.
+"""
+import json
+from pathlib import Path
+
+from peft.mapping import get_peft_config
+from safetensors.torch import load_file, save_file
+
+from mmpt.export.mapping import ExportError
+
+CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+# Prompt-learning tuners store bare keys; the others are named by module path under PeftModel.
+PROMPT_TYPES = ("PROMPT_TUNING", "PREFIX_TUNING")
+TUNER_PREFIX = "base_model.model."
+
+
+def task_type(backbone) -> str:
+    """PEFT's task type for an mmpt backbone (it picks the PeftModel subclass that wraps it)."""
+    return "SEQ_2_SEQ_LM" if backbone.config.is_encoder_decoder else "FEATURE_EXTRACTION"
+
+
+def peft_keys(mapping) -> dict:
+    """{PEFT file key: Slot}."""
+    prefix = "" if mapping.config["peft_type"] in PROMPT_TYPES else TUNER_PREFIX
+    return {prefix + k: slot for k, slot in mapping.tensors.items()}
+
+
+def adapter_config(mapping, backbone, base: str | None) -> dict:
+    config = get_peft_config({**mapping.config, "task_type": task_type(backbone),
+                              "base_model_name_or_path": base, "inference_mode": True})
+    return config.to_dict()
+
+
+def write(model, out: Path, base: str | None) -> None:
+    """Write the model's method as a PEFT adapter into `out` (which exists)."""
+    mapping = model.method.peft_mapping()
+    config = adapter_config(mapping, model.backbone, base)
+    tensors = {k: slot.to_peft() for k, slot in peft_keys(mapping).items()}
+    save_file(tensors, out / WEIGHTS, metadata={"format": "pt"})
+    # PeftConfig.save_pretrained writes the same json (sets are lists there too)
+    (out / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True, default=sorted))
+
+
+def read(path) -> tuple[dict, dict]:
+    """(adapter_config.json as a dict, {key: tensor}) of a PEFT adapter directory."""
+    path = Path(path)
+    if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
+        raise ExportError(f"{path} is not a PEFT adapter directory (needs {CONFIG} and {WEIGHTS})")
+    try:
+        return json.loads((path / CONFIG).read_text()), load_file(path / WEIGHTS)
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{path}: cannot read the adapter ({e})") from None

@@ -1,0 +1,53 @@
+"""A finished run rebuilt from its directory, and the base model an export points to."""
+import os
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from transformers import set_seed
+
+from mmpt.data.mixture import num_tasks
+from mmpt.engine import checkpoint
+from mmpt.errors import CheckpointError
+from mmpt.experiment import head_tasks
+from mmpt.export.mapping import ExportError
+from mmpt.models import build_model, load_backbone
+
+MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"  # what model=minilm's packaged checkpoint is
+BASE_DIR = "base_model"  # beside the adapter, for backbones built in-process (no hub name)
+
+
+def load_run(path):
+    """(config, model with the run's best weights, in eval mode) of a train.py run directory."""
+    path = Path(path)
+    config = path / ".hydra" / "config.yaml"
+    if not config.is_file():
+        raise CheckpointError(f"{path}: no .hydra/config.yaml; expected the directory of a train.py run")
+    cfg = OmegaConf.load(config)
+    if "finetune_type" in cfg:
+        raise ExportError(f"{path} is a finetune.py run; export handles train.py runs")
+    best = checkpoint.find(path / "checkpoints" / "best")
+    if best is None:
+        raise CheckpointError(f"{path}: no complete checkpoints/best (did the run finish its first evaluation?)")
+    set_seed(cfg.seed)
+    model = build_model(cfg.model, cfg.method, cfg.get("router"), n_tasks=num_tasks(cfg.dataset),
+                        tasks=head_tasks(cfg.dataset))
+    checkpoint.load_weights(best, model)
+    return cfg, model.eval()
+
+
+def base_name(model_cfg) -> str | None:
+    """The name or path a user loads the run's base model from; None when it was built in-process."""
+    if model_cfg.get("build") == "t5_tiny":
+        return None
+    if model_cfg.get("build") == "minilm":
+        return MINILM_HUB
+    name = model_cfg.name_or_path
+    return os.path.abspath(os.path.expanduser(name)) if os.path.isdir(os.path.expanduser(name)) else name
+
+
+def save_base(model_cfg, out: Path) -> str:
+    """Save a fresh copy of an in-process backbone (same init seed, so the run's base) to out/base_model."""
+    backbone, tokenizer = load_backbone(model_cfg)
+    backbone.save_pretrained(out / BASE_DIR)
+    tokenizer.save_pretrained(out / BASE_DIR)
+    return BASE_DIR
