@@ -35,7 +35,7 @@ def report(root: Path, out: Path, baseline: str | None) -> str:
                   f"Per task, each row minus {baseline} over the seeds both ran (same seed = same data order "
                   "and k-shot sample): mean difference and the two-sided p-value of a paired t-test "
                   "(scipy.stats.ttest_rel). † = not significant at 0.05, or fewer than 2 shared seeds "
-                  "(no test).", "", tables.comparison(groups[groups["study"] == ""] if not main.empty else groups), ""]
+                  "(no test).", "", tables.comparison(main if not main.empty else groups), ""]
     for study, part in groups[groups["study"] != ""].groupby("study"):
         lines += [f"## Search trials: {study}", "", "Each trial's settings are its own row (never averaged "
                   "with other trials); best validation score first.", "", tables.trials(part), ""]
@@ -44,13 +44,13 @@ def report(root: Path, out: Path, baseline: str | None) -> str:
         lines.append(f"Sweep `{where}`: best value {best.get('best_value')} at {params}.")
     lines += ["", f"{len(runs)} finished runs; {incomplete} incomplete runs ignored."]
 
-    shown = main if not main.empty else groups
+    # Figures: the main table's rows; a folder holding only searches shows its trials
+    shown = main if not main.empty else groups.assign(label=groups["study"] + ": " + groups["label"])
     colour = plots.colours(shown["label"])
     plots.bars(shown, out / "report.png", colour)
-    label = dict(zip(zip(groups["identity"], groups["study"]), groups["label"]))
-    runs["label"] = [label[(i, s)] for i, s in zip(runs["identity"], runs["study"])]
-    plots.curves(runs[runs["label"].isin(shown["label"]) & runs["study"].isin(shown["study"])],
-                 out / "learning_curves.png", colour)
+    label = dict(zip(zip(shown["identity"], shown["study"]), shown["label"]))
+    runs["label"] = [label.get(k) for k in zip(runs["identity"], runs["study"])]
+    plots.curves(runs[runs["label"].notna()], out / "learning_curves.png", colour)
     return "\n".join(lines)
 
 

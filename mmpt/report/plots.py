@@ -72,7 +72,7 @@ def curves(runs: pd.DataFrame, path: Path, colour: dict) -> None:
     """Per task, the val main metric against step for each row label: mean over its seeds, band
     = mean ± std over the seeds that evaluated at that step."""
     tasks = sorted(runs["task"].unique())
-    ncol = 1 if len(tasks) == 1 else 2
+    ncol = min(len(tasks), 3)
     fig, axes = _panels(len(tasks), 5, 3.5, extra=0.5 + 0.2 * math.ceil(runs["label"].nunique() / ncol))
     for ax, task in zip(axes, tasks):
         for label, g in runs[runs["task"] == task].groupby("label"):

@@ -63,7 +63,8 @@ def comparison(groups: pd.DataFrame) -> str:
             if r["n_paired"] < 2:
                 cells.append(f"{r['delta']:+.1f} (n={r['n_paired']}: no test) †")
             else:
-                cells.append(f"{r['delta']:+.1f} (p={r['p_value']:.3f}, n={r['n_paired']})"
+                p = "p<0.001" if r["p_value"] < 0.001 else f"p={r['p_value']:.3f}"
+                cells.append(f"{r['delta']:+.1f} ({p}, n={r['n_paired']})"
                              + (" †" if not_significant(r) else ""))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
