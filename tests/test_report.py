@@ -201,3 +201,17 @@ def test_routing_heatmap_rows_are_task_names(tmp_path):
     assert task_names(tmp_path / "nowhere", 2) == ["task 0", "task 1"]
     path = routing_heatmap(np.full((3, 4), 0.25), ["sst2", "mrpc", "rte"], tmp_path / "h.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_seed_run_twice_counts_once_in_the_paired_test(tmp_path):
+    for name, seed, s in (("a", 0, 0.5), ("b", 0, 0.7), ("c", 1, 0.8)):
+        fake_run(tmp_path / name, cfg(seed=seed), s)
+    for seed, s in ((0, 0.5), (1, 0.6)):
+        fake_run(tmp_path / f"p{seed}", cfg("prefix", seed=seed), s)
+    lora = rows(tmp_path, baseline="prefix")["lora", "rte"]
+    assert lora["n"] == 3 and lora["mean"] == pytest.approx(200 / 3)
+    # per seed: lora {0: 60, 1: 80} - prefix {0: 50, 1: 60} = 10, 20 -> t = 15 / (sqrt(50) / sqrt(2)) = 3
+    assert lora["n_paired"] == 2 and lora["delta"] == pytest.approx(15.0)
+    assert lora["p_value"] == pytest.approx(1 - 2 / math.pi * math.atan(3))
+    assert report_main([str(tmp_path), "--baseline", "prefix"]) == 0
+    assert "Seeds run more than once" in (tmp_path / "report.md").read_text()

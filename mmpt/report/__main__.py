@@ -42,6 +42,10 @@ def report(root: Path, out: Path, baseline: str | None) -> str:
     for where, best in sweep_best(root):
         params = ", ".join(f"{k}={v}" for k, v in (best.get("best_params") or {}).items())
         lines.append(f"Sweep `{where}`: best value {best.get('best_value')} at {params}.")
+    repeated = [f"{r.label} on {r.task} (seeds {r.seeds})" for r in groups.itertuples()
+                if len(set(r.seeds.split())) < r.n]
+    if repeated:  # e.g. one config run twice, or fine-tuned from two equal pre-trainings
+        lines.append("Seeds run more than once (their mean is the pair in paired tests): " + "; ".join(repeated) + ".")
     lines += ["", f"{len(runs)} finished runs; {incomplete} incomplete runs ignored."]
 
     # Figures: the main table's rows; a folder holding only searches shows its trials

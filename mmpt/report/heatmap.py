@@ -54,7 +54,7 @@ def routing_heatmap(weights, rows: list[str], path) -> Path:
     ax.set_xticks(range(n_skills), [str(s) for s in range(n_skills)], fontsize=small)
     ax.set_yticks(range(n_tasks), rows, fontsize=small)
     ax.set_xlabel("skill")
-    ax.set_ylabel("task")
+    ax.set_ylabel("task / template" if any("/" in r for r in rows) else "task")
     ax.set_title("task x skill allocation\n(mean over selectors and splits)", fontsize=8)
     fig.colorbar(image, ax=ax, label="routing weight")
     path = Path(path)
