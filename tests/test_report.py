@@ -215,3 +215,17 @@ def test_a_seed_run_twice_counts_once_in_the_paired_test(tmp_path):
     assert lora["p_value"] == pytest.approx(1 - 2 / math.pi * math.atan(3))
     assert report_main([str(tmp_path), "--baseline", "prefix"]) == 0
     assert "Seeds run more than once" in (tmp_path / "report.md").read_text()
+
+
+def test_a_differing_config_group_is_named_by_its_choice_unless_that_is_ambiguous(tmp_path):
+    def run(name, model, **over):
+        fake_run(tmp_path / name, cfg(model__build=model, **over), 0.5,
+                 hydra={"runtime": {"choices": {"model": model, "method": "lora"}}})
+    run("a", "t5_tiny", model__d_model=32)
+    run("b", "minilm", model__hidden=384)
+    assert set(rows(tmp_path)) == {("lora (model=t5_tiny)", "rte"), ("lora (model=minilm)", "rte")}
+    run("c", "t5_tiny", model__d_model=64)  # model=t5_tiny no longer tells a and c apart
+    assert {label for label, _ in rows(tmp_path)} == {
+        "lora (model.build=t5_tiny, model.d_model=32, model.hidden=-)",
+        "lora (model.build=t5_tiny, model.d_model=64, model.hidden=-)",
+        "lora (model.build=minilm, model.d_model=-, model.hidden=384)"}

@@ -45,6 +45,16 @@ def _fmt(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def _named(same: pd.DataFrame, shown_groups: set, varying: set) -> pd.Series:
+    keys = sorted(k for k in varying if k.split(".", 1)[0] not in shown_groups)
+    names = {}
+    for i, row in same.iterrows():
+        parts = [f"{g}={row['choices'][g]}" for g in sorted(shown_groups)]
+        parts += [f"{k}={_fmt(row['settings'].get(k, '-'))}" for k in keys]
+        names[i] = f"{row['method']} ({', '.join(parts)})"
+    return pd.Series(names)
+
+
 def labels(groups: pd.DataFrame) -> pd.Series:
     """Row labels: the method name plus the settings in which groups of that method differ within
     a task (e.g. `lora (method.rank=4)`). A config group whose choice differs is shown by its
@@ -62,11 +72,10 @@ def labels(groups: pd.DataFrame) -> pd.Series:
             picked = {c.get(g) for c in same["choices"]}
             if None not in picked and len(picked) > 1:
                 shown_groups.add(g)
-        keys = sorted(k for k in varying if k.split(".", 1)[0] not in shown_groups)
-        for i, row in same.iterrows():
-            parts = [f"{g}={row['choices'][g]}" for g in sorted(shown_groups)]
-            parts += [f"{k}={_fmt(row['settings'].get(k, '-'))}" for k in keys]
-            out[i] = f"{row['method']} ({', '.join(parts)})"
+        named = _named(same, shown_groups, varying)
+        if pd.DataFrame({"task": same["task"], "label": named}).duplicated().any():
+            named = _named(same, set(), varying)  # a choice that does not tell its rows apart: every key
+        out[named.index] = named
     return out
 
 
