@@ -109,21 +109,12 @@ class PolySkills(Method):
         return routing_stats(self.allocation(trained_only=True))
 
     def save_figures(self, run_dir) -> dict:
-        import matplotlib
-        matplotlib.use("Agg")  # no display on servers
-        import matplotlib.pyplot as plt
+        from mmpt.report.heatmap import routing_heatmap, task_names  # matplotlib only when drawing
 
         probs = self.allocation()
         weights = (probs / probs.sum(-1, keepdim=True).clamp_min(1e-12)).mean((0, 2))  # [tasks, skills]
-        fig, ax = plt.subplots(figsize=(1 + 0.4 * self.n_skills, 1 + 0.3 * self.n_tasks))
-        image = ax.imshow(weights.numpy(), aspect="auto", cmap="viridis", vmin=0)
-        ax.set_xlabel("skill")
-        ax.set_ylabel("task id")
-        ax.set_title("task x skill allocation (mean over selectors and splits)", fontsize=8)
-        fig.colorbar(image, ax=ax)
-        path = Path(run_dir) / "routing_heatmap.png"
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
+        path = routing_heatmap(weights.numpy(), task_names(run_dir, self.n_tasks),
+                               Path(run_dir) / "routing_heatmap.png")
         return {"routing/heatmap": str(path)}
 
 

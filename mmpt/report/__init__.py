@@ -1,4 +1,6 @@
-"""Aggregate finished runs into tables and plots: `python -m mmpt.report <outputs or multirun dir>`."""
-from mmpt.report.aggregate import collect, sweep_summary, table
+"""Aggregate finished runs into tables and plots: `python -m mmpt.report <outputs or multirun dir>`.
 
-__all__ = ["collect", "table", "sweep_summary"]
+runs.py reads runs and their config identity, stats.py groups them (CIs, paired tests),
+tables.py / plots.py write report.{md,csv,png} and learning_curves.png, heatmap.py draws a
+skills method's routing heatmap at the end of a run.
+"""

@@ -1,58 +1,81 @@
-"""python -m mmpt.report DIR [--out DIR]: markdown + CSV table and a PNG of the runs under DIR."""
+"""python -m mmpt.report DIR [--baseline METHOD] [--out DIR]: report.md, report.csv, report.png and
+learning_curves.png of the runs under DIR. Runs are averaged only when they differ in nothing but
+the seed; hyperparameter-search trials get their own table."""
 import argparse
 import sys
 from pathlib import Path
 
-import matplotlib
+from mmpt.errors import MMPTError
+from mmpt.report import plots, tables
+from mmpt.report.runs import collect, sweep_best
+from mmpt.report.stats import compare, group
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+INTRO = ("Test score of the best-val checkpoint in the task's main metric (named in each column; x100): "
+         "mean ± std over seeds [95% confidence interval of the mean, t-distribution] (number of seeds). "
+         "Runs are averaged only when their configs differ in nothing but the seed (and keys that cannot "
+         "change results: paths, logging, resume); a label names the settings in which rows of one "
+         "method differ.")
 
-from mmpt.report.aggregate import collect, sweep_summary, table  # noqa: E402
 
+def report(root: Path, out: Path, baseline: str | None) -> str:
+    runs, incomplete = collect(root)
+    lines = [f"# Results in {root}", ""]
+    if runs.empty:
+        return "\n".join(lines + ["No finished runs found.", f"{incomplete} incomplete runs ignored."])
+    groups = group(runs)
+    if baseline:
+        groups = compare(groups, baseline)
+    tables.csv_frame(groups).to_csv(out / "report.csv", index=False)
+    main = groups[groups["study"] == ""]
+    lines += [INTRO, ""]
+    if not main.empty:
+        lines += [tables.wide(main, marks=bool(baseline)), ""]
+    if baseline:
+        lines += [f"## Paired comparison with {baseline}", "",
+                  f"Per task, each row minus {baseline} over the seeds both ran (same seed = same data order "
+                  "and k-shot sample): mean difference and the two-sided p-value of a paired t-test "
+                  "(scipy.stats.ttest_rel). † = not significant at 0.05, or fewer than 2 shared seeds "
+                  "(no test).", "", tables.comparison(main if not main.empty else groups), ""]
+    for study, part in groups[groups["study"] != ""].groupby("study"):
+        lines += [f"## Search trials: {study}", "", "Each trial's settings are its own row (never averaged "
+                  "with other trials); best validation score first.", "", tables.trials(part), ""]
+    for where, best in sweep_best(root):
+        params = ", ".join(f"{k}={v}" for k, v in (best.get("best_params") or {}).items())
+        lines.append(f"Sweep `{where}`: best value {best.get('best_value')} at {params}.")
+    repeated = [f"{r.label} on {r.task} (seeds {r.seeds})" for r in groups.itertuples()
+                if len(set(r.seeds.split())) < r.n]
+    if repeated:  # e.g. one config run twice, or fine-tuned from two equal pre-trainings
+        lines.append("Seeds run more than once (their mean is the pair in paired tests): " + "; ".join(repeated) + ".")
+    lines += ["", f"{len(runs)} finished runs; {incomplete} incomplete runs ignored."]
 
-def plot(runs, path: Path) -> None:
-    means = runs.groupby(["task", "method"])["score"].mean().unstack("method") * 100
-    errs = runs.groupby(["task", "method"])["score"].std(ddof=0).unstack("method") * 100
-    ax = means.plot.bar(yerr=errs, figsize=(max(6, 1.2 * len(means)), 4), capsize=2)
-    ax.set_ylabel("test score (%)")
-    ax.set_title("mean ± std over seeds")
-    plt.tight_layout()
-    plt.savefig(path, dpi=120)
-    plt.close()
+    # Figures: the main table's rows; a folder holding only searches shows its trials
+    shown = main if not main.empty else groups.assign(label=groups["study"] + ": " + groups["label"])
+    colour = plots.colours(shown["label"])
+    plots.bars(shown, out / "report.png", colour)
+    label = dict(zip(zip(shown["identity"], shown["study"]), shown["label"]))
+    runs["label"] = [label.get(k) for k in zip(runs["identity"], runs["study"])]
+    plots.curves(runs[runs["label"].notna()], out / "learning_curves.png", colour)
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mmpt.report", description=__doc__)
     ap.add_argument("dir", type=Path, help="an outputs/ or multirun/ folder (searched recursively)")
-    ap.add_argument("--out", type=Path, default=None, help="where to write report.{md,csv,png} (default: DIR)")
+    ap.add_argument("--out", type=Path, default=None, help="where to write the report files (default: DIR)")
+    ap.add_argument("--baseline", default=None, help="a method (row label) to compare every row with, per task")
     args = ap.parse_args(argv)
     if not args.dir.is_dir():
         print(f"error: {args.dir} is not a directory", file=sys.stderr)
         return 2
     out = args.out or args.dir
     out.mkdir(parents=True, exist_ok=True)
-    runs, incomplete = collect(args.dir)
-    lines = [f"# Results in {args.dir}", ""]
-    if runs.empty:
-        lines.append("No finished runs found.")
-    else:
-        t = table(runs)
-        lines += ["Test score of the best-val weights, % (mean ± std over seeds, number of runs).", "",
-                  t.to_markdown(), ""]
-        t.to_csv(out / "report.csv")
-        plot(runs, out / "report.png")
-    lines.append(f"{len(runs)} finished runs; {incomplete} incomplete runs ignored.")
-    sweep = sweep_summary(args.dir)
-    if sweep is not None:
-        best, tried = sweep
-        lines += ["", "## Sweep", "", f"Best value: {best.get('best_value')}", "",
-                  "| parameter | best |", "|---|---|",
-                  *[f"| {k} | {v} |" for k, v in best.get("best_params", {}).items()], "",
-                  "Tried:", "", tried.to_markdown(index=False)]
-    text = "\n".join(lines) + "\n"
+    try:
+        text = report(args.dir, out, args.baseline) + "\n"
+    except MMPTError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     (out / "report.md").write_text(text)
-    print(text)
+    print(text, end="")
     return 0
 
 

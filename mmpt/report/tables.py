@@ -1,0 +1,79 @@
+"""The markdown tables of report.md and the columns of report.csv, from stats.group()'s rows."""
+import math
+
+import pandas as pd
+
+CSV_COLUMNS = ["study", "task", "metric", "label", "method", "n", "seeds", "mean", "std", "ci95_low", "ci95_high",
+               "val_mean", "trainable_params", "baseline", "n_paired", "delta", "p_value"]
+ALPHA = 0.05
+
+
+def csv_frame(groups: pd.DataFrame) -> pd.DataFrame:
+    """Numbers in their own columns (report.csv); columns a report without --baseline lacks are empty."""
+    out = groups.copy()
+    for c in ("baseline", "n_paired", "delta", "p_value"):
+        if c not in out:
+            out[c] = "" if c == "baseline" else math.nan
+    return out[CSV_COLUMNS]
+
+
+def not_significant(row) -> bool:
+    return bool(row.get("baseline")) and not row["p_value"] < ALPHA  # NaN (untestable) counts as not
+
+
+def cell(row, marks: bool) -> str:
+    text = f"{row['mean']:.1f}"
+    if row["n"] > 1:
+        text += f" ± {row['std']:.1f} [{row['ci95_low']:.1f}, {row['ci95_high']:.1f}]"
+    text += f" ({row['n']})"
+    return text + (" †" if marks and not_significant(row) else "")
+
+
+def _params(values) -> str:
+    v = sorted({int(x) for x in values.dropna()})
+    return "-" if not v else f"{v[0]:,}" if len(v) == 1 else f"{v[0]:,}-{v[-1]:,}"
+
+
+def wide(groups: pd.DataFrame, marks: bool = False) -> str:
+    """label x task cells `mean ± std [95% CI] (n)`, the average over tasks (rows with every
+    task only) and trainable parameters (a range where tasks' heads differ)."""
+    tasks = sorted(groups["task"].unique())
+    metric = groups.groupby("task")["metric"].first()
+    lines = ["| method | " + " | ".join(f"{t} ({metric[t]})" for t in tasks) + " | average | trainable params |",
+             "|---" * (len(tasks) + 3) + "|"]
+    for label, g in groups.groupby("label"):
+        by_task = g.set_index("task")
+        cells = [cell(by_task.loc[t], marks) if t in by_task.index else "-" for t in tasks]
+        avg = f"{by_task['mean'].mean():.1f}" if len(by_task) == len(tasks) else "-"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {avg} | {_params(g['trainable_params'])} |")
+    return "\n".join(lines)
+
+
+def comparison(groups: pd.DataFrame) -> str:
+    """label x task: delta to the baseline over shared seeds and the paired t-test's p-value."""
+    tasks = sorted(groups["task"].unique())
+    lines = ["| method | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+    for label, g in groups.groupby("label"):
+        by_task, cells = g.set_index("task"), []
+        for t in tasks:
+            if t not in by_task.index or not by_task.at[t, "baseline"]:
+                cells.append("baseline" if t in by_task.index else "-")
+                continue
+            r = by_task.loc[t]
+            if r["n_paired"] < 2:
+                cells.append(f"{r['delta']:+.1f} (n={r['n_paired']}: no test) †")
+            else:
+                p = "p<0.001" if r["p_value"] < 0.001 else f"p={r['p_value']:.3f}"
+                cells.append(f"{r['delta']:+.1f} ({p}, n={r['n_paired']})"
+                             + (" †" if not_significant(r) else ""))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def trials(groups: pd.DataFrame) -> str:
+    """One study's trials: a row per setting, its seeds' mean test and val scores."""
+    lines = ["| trial settings | task | n | test mean ± std [95% CI] | val mean |", "|---|---|---|---|---|"]
+    for _, r in groups.sort_values("val_mean", ascending=False).iterrows():
+        lines.append(f"| {r['label']} | {r['task']} ({r['metric']}) | {r['n']} | {cell(r, False).rsplit(' (', 1)[0]} "
+                     f"| {r['val_mean']:.1f} |")
+    return "\n".join(lines)
