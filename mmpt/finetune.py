@@ -61,9 +61,9 @@ def route_new_task(method, how: str, ftype: str) -> int:
     if ftype == "A" and hasattr(method, "use_average"):
         # the reference refuses A on skill checkpoints too: the skills would train under a fresh
         # row's random routing samples while evaluation reads its (near uniform) sigmoid
-        raise ConfigError("finetune_type", f"A trains adapters under the checkpoint's routing, which has "
-                          f"no row for a new task ({method.cfg.name}); use MuZ (skills under uniform "
-                          "routing), Poly (skills + a new routing row) or Z (the routing row only)")
+        raise ConfigError("finetune_type", f"A would train the skills of this {method.cfg.name} checkpoint "
+                          "under an untrained routing row (random in training, near uniform at eval); use "
+                          "MuZ (skills under uniform routing), Poly (skills + a new row) or Z (the row only)")
     if how == "new_row":
         return method.add_task() if hasattr(method, "add_task") else 0
     if not hasattr(method, "use_average"):

@@ -232,6 +232,8 @@ def test_task_ids_outside_the_table_are_refused():
     (dict(POLY_LORA, n_splits=3), {}, "method.n_splits"),  # 32 is not divisible by 3
     (dict(POLY_LORA, dropout=1.0), {}, "method.dropout"),
     (POLY_LORA, {"granularity": "headwise"}, "router.granularity"),
+    (POLY_LORA, {"dropout": 1.0}, "router.dropout"),
+    (POLY_LORA, {"name": "moe", "noise_std": -1.0}, "router.noise_std"),
     (POLY_IA3, {"name": "none"}, "router"),
 ])
 def test_bad_skill_configs_name_the_key(method, router, key):
