@@ -24,6 +24,8 @@ METHODS = {
                        "router_dropout": 0.0, "gumbel": False, "apply_adaptive_mask": True,
                        "apply_adaptive_subset_mask": True, "mask_init_mean": 2.5, "mask_init_std": 0.5,
                        "placement": "both"},
+    "prompt_routing": {"name": "prompt_routing", "num_virtual_tokens": 2, "num_virtual_tokens_full": 6,
+                       "init": "normal", "topk": 1, "perturb_router": True, "router_dropout": 0.0, "gumbel": False},
 }
 ROUTER = {"name": "input_topk", "topk": 1, "perturb": True, "dropout": 0.0, "gumbel": False, "gumbel_tau": 1.0}
 
@@ -40,10 +42,11 @@ def tiny_bert_dir(tmp_path_factory):
     return d
 
 
-def bert(d, method, tasks=("rte",)):
+def bert(d, method, tasks=("rte",), **model_over):
     torch.manual_seed(0)
-    router = OmegaConf.create(ROUTER if method == "prefix_routing" else {"name": "none"})
-    return build_model(OmegaConf.create({"build": "local", "name_or_path": str(d), "tokenizer": None}),
+    router = OmegaConf.create(ROUTER if "routing" in method else {"name": "none"})
+    model_cfg = {"build": "local", "name_or_path": str(d), "tokenizer": None, **model_over}
+    return build_model(OmegaConf.create(model_cfg),
                        OmegaConf.create(METHODS[method]), router, n_tasks=len(tasks),
                        tasks=[get_task(t) for t in tasks])
 
@@ -100,18 +103,34 @@ def test_one_head_per_task_and_regression_for_stsb(tiny_bert_dir):
     assert [h.out_features for h in model.heads] == [2, 1, 3]
     batch = toy_batch(model.tokenizer, choices=[f"{i / 5:.1f}" for i in range(26)], labels=(10, 0, 25))
     batch["task_id"] = torch.tensor([1, 1, 1])
+    batch["value"] = torch.tensor([2.07, 0.13, 4.92])  # the exact scores; labels are them rounded to 0.2
     scores, _ = model.score(batch)
     pred = model.heads[1](model._pooled(batch)[0]).squeeze(-1)
     # the nearest of 0.0, 0.2, ..., 5.0 to the regressed score wins
     assert scores.argmax(-1).tolist() == [int(torch.clamp(torch.round(p * 5), 0, 25)) for p in pred]
-    loss, _ = model.train()(batch)
-    assert loss.item() == pytest.approx(((pred - torch.tensor([2.0, 0.0, 5.0])) ** 2).mean().item(), rel=1e-4)
+    loss, _ = model.train()(batch)  # MSE on the exact score
+    assert loss.item() == pytest.approx(((pred - batch["value"]) ** 2).mean().item(), rel=1e-5)
+    assert loss.item() != pytest.approx(((pred - torch.tensor([2.0, 0.0, 5.0])) ** 2).mean().item(), rel=1e-3)
+
+
+def test_stsb_batches_carry_the_exact_score(tiny_bert_dir):
+    from mmpt.data import EncodedSplit, collate
+    from mmpt.data.base import Example
+
+    tok = load_tokenizer(str(tiny_bert_dir))
+    stsb = get_task("stsb")
+    examples = [Example("0", "a man plays a guitar", 10, value=2.07, task="stsb"),
+                Example("1", "two dogs run", 24, value=4.8, task="stsb")]
+    batch = collate([EncodedSplit(examples, tok, 16, stsb.verbalizers)[i] for i in (0, 1)])
+    assert batch["value"].tolist() == pytest.approx([2.07, 4.8])
+    assert batch["label"].tolist() == [10, 24]
 
 
 def test_a_mixed_task_batch_scores_each_example_with_its_own_head(tiny_bert_dir):
     model = bert(tiny_bert_dir, "lora", tasks=("rte", "stsb", "cb")).eval()
     batch = toy_batch(model.tokenizer, choices=[f"{i / 5:.1f}" for i in range(26)], labels=(1, 10, 2))
     batch["task_id"] = torch.tensor([0, 1, 2])
+    batch["value"] = torch.tensor([float("nan"), 2.07, float("nan")])
     scores, _ = model.score(batch)
     loss, _ = model(batch)
     alone = []
@@ -122,6 +141,54 @@ def test_a_mixed_task_batch_scores_each_example_with_its_own_head(tiny_bert_dir)
         alone.append(model(one)[0])
     assert scores[0, 2:].eq(float("-inf")).all() and scores[2, 3:].eq(float("-inf")).all()
     assert loss.item() == pytest.approx(torch.stack(alone).mean().item(), rel=1e-5)
+
+
+def one_row(batch, i, extra_pad=0):
+    """Example i of a batch as a batch of one, padded to its own length plus `extra_pad`."""
+    n = int(batch["attention_mask"][i].sum())
+    one = {k: v[i:i + 1] if torch.is_tensor(v) else v for k, v in batch.items()}
+    pad = lambda x: torch.cat([x[:, :n], x.new_zeros(1, extra_pad)], 1)  # pad id and mask are 0 in BERT
+    return {**one, "input_ids": pad(one["input_ids"]), "attention_mask": pad(one["attention_mask"])}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("pool_prompt", [True, False])
+def test_padding_changes_neither_the_pooled_states_nor_the_scores(tiny_bert_dir, method, pool_prompt):
+    model = bert(tiny_bert_dir, method, pool_prompt=pool_prompt).eval()
+    batch = toy_batch(model.tokenizer, choices=("entailment", "not_entailment"))
+    assert model.tokenizer.pad_token_id == 0
+    with torch.no_grad():
+        pooled, _ = model._pooled(batch)
+        scores, _ = model.score(batch)
+        for i in range(3):
+            for extra in (0, 7):  # its own length, and padded far beyond the batch's longest
+                one = one_row(batch, i, extra)
+                assert torch.allclose(model._pooled(one)[0][0], pooled[i], atol=1e-5), (i, extra)
+                assert torch.allclose(model.score(one)[0][0], scores[i], atol=1e-5), (i, extra)
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prompt_routing", "prefix"])
+def test_pool_prompt_decides_whether_soft_prompt_positions_enter_the_mean(tiny_bert_dir, method):
+    """pooled = mean of the output states over the attended positions, from the first input token
+    (pool_prompt false) or from the first prepended soft token (true); prefixes prepend none."""
+    batch = toy_batch(load_tokenizer(str(tiny_bert_dir)))
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    pooled = {}
+    for pool in (True, False):
+        model = bert(tiny_bert_dir, method, pool_prompt=pool).eval()
+        with torch.no_grad():
+            kw, _ = model.method.prepare(batch, model.backbone)
+            h = model.backbone(**kw).last_hidden_state
+            pooled[pool] = model._pooled(batch)[0]
+        p = h.shape[1] - batch["input_ids"].shape[1]  # prepended positions
+        assert p == {"prompt_tuning": 4, "prompt_routing": 2, "prefix": 0}[method]
+        inputs = (h[:, p:] * mask).sum(1) / mask.sum(1)
+        everything = (h[:, p:] * mask).sum(1) + h[:, :p].sum(1)
+        expected = inputs if not pool else everything / (mask.sum(1) + p)
+        assert torch.allclose(pooled[pool], expected, atol=1e-5)
+    assert torch.allclose(pooled[True], pooled[False]) == (method == "prefix")
+    with pytest.raises(ConfigError, match="model.pool_prompt"):
+        bert(tiny_bert_dir, method, pool_prompt="no")
 
 
 def test_minilm_learns_sst2_in_a_few_steps(tmp_path):

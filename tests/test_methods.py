@@ -113,3 +113,50 @@ def test_greedy_generation_matches_teacher_forcing(name):
 def test_bad_method_config_names_the_key(key, cfg):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         make_model(cfg)
+
+
+def t5_tokenizer():
+    """A T5 tokenizer (SentencePiece pieces, 100 <extra_id_*> specials) over a made-up vocabulary,
+    since no T5 vocabulary ships offline: word pieces mixed with punctuation, digits, "▁" alone."""
+    from transformers import T5Tokenizer
+
+    pieces = ["▁the", ",", "▁a", ".", "s", "▁movie", "▁3", "ing", "!", "▁funny", "1", "▁and", "-", "▁sad",
+              "'", "▁it", "ed", "▁2", "▁is", "?"]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -1.0)] + [(p, -2.0 - i) for i, p in enumerate(pieces)]
+    return T5Tokenizer(vocab=vocab, extra_ids=100)
+
+
+@pytest.mark.parametrize("which", ["minilm", "t5"])
+def test_vocab_init_copies_embeddings_of_word_tokens_only(which):
+    """init=vocab draws among plain word tokens: never special, [unused*], <extra_id_*>, "##"
+    pieces, punctuation or digits (WordPiece has 999 such ids below 5000; T5 adds 100 extra ids)."""
+    from mmpt.methods.prompt_tuning import init_tokens
+    from mmpt.models.backbone import load_tokenizer, minilm_dir
+
+    tok = load_tokenizer(minilm_dir()) if which == "minilm" else t5_tokenizer()
+    rows = len(tok) + 28  # T5 checkpoints have more embedding rows than tokens
+    embedding = torch.nn.Embedding(rows, 2)
+    embedding.weight.data[:, 0] = torch.arange(rows)  # a row's first entry is its id
+
+    def drawn(seed):
+        torch.manual_seed(seed)
+        return init_tokens(400, embedding, "vocab", tok)[:, 0].long().tolist()
+
+    ids = drawn(0)
+    assert ids == drawn(0) and ids != drawn(1)  # seeded
+    tokens = tok.convert_ids_to_tokens(ids)
+    assert not set(ids) & set(tok.all_special_ids)
+    assert not [t for t in tokens if t.startswith(("[unused", "<extra_id", "##")) or t in ("[UNK]", "<unk>")]
+    assert all(tok.decode([i]).strip().isalpha() for i in ids), tokens
+    if which == "minilm":  # spread over the 5,000 most common words (the 5,000th is id 7786)
+        assert len(set(ids)) > 300 and max(ids) < 8000
+    else:
+        assert set(tokens) <= {"▁the", "▁a", "s", "▁movie", "ing", "▁funny", "▁and", "▁sad", "▁it", "ed", "▁is"}
+
+
+def test_prompt_tuning_starts_from_word_embeddings_of_the_models_tokenizer():
+    model = make_model("prompt_tuning")
+    table = model.backbone.get_input_embeddings().weight
+    prompt = model.method.prompt.detach()
+    ids = [int((table == row).all(-1).nonzero()[0]) for row in prompt]
+    assert all(model.tokenizer.decode([i]).strip().isalpha() for i in ids), model.tokenizer.convert_ids_to_tokens(ids)

@@ -111,3 +111,20 @@ def test_train_on_a_mixture_logs_per_task_metrics(tmp_path):
     assert metrics["val/avg"] == pytest.approx((metrics["val/wnli/acc"] + metrics[f"val/cb/{main}"]) / 2)
     assert metrics["optimized_metric_key"] == "val/avg"
     assert (tmp_path / "routing_heatmap.png").exists()
+
+
+def test_capped_evaluation_keeps_every_multirc_question_whole():
+    """max_eval_per_task draws whole MultiRC questions (exact match needs all of a question's
+    answers); ungrouped tasks still get exactly the cap."""
+    from mmpt.data.mixture import prepare_task
+    from mmpt.data.splits import load_splits
+
+    dcfg = OmegaConf.create({"max_eval_per_task": 100, "val_fraction": 0.1})
+    full, capped = load_splits("multirc", DATA, 0, 0.1), prepare_task("multirc", dcfg, DATA, 0)
+    for split in ("val", "test"):
+        answers = Counter(ex.group for ex in full[split])
+        sample = Counter(ex.group for ex in capped[split])
+        assert {g: answers[g] for g in sample} == dict(sample), split  # every drawn question complete
+        assert 100 - max(answers.values()) < sum(sample.values()) <= 100 and len(sample) >= 10
+    cb = prepare_task("cb", OmegaConf.create({"max_eval_per_task": 20, "val_fraction": 0.1}), DATA, 0)
+    assert len(cb["val"]) == len(cb["test"]) == 20

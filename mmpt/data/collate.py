@@ -22,7 +22,8 @@ def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
 class EncodedSplit(Dataset):
     """Examples tokenized once, up front. Items are dicts: input_ids (list), choices (token ids
     of every verbalizer; per item, so that tasks with different choice sets can be mixed),
-    label, task_id, index (position in `examples`)."""
+    label, value (the exact score of a regression task, else None), task_id, index (position in
+    `examples`)."""
 
     def __init__(self, examples: list[Example], tokenizer, max_length: int, verbalizers: list[str],
                  max_target_length: int = 16, task_id: int = 0):
@@ -45,7 +46,8 @@ class EncodedSplit(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return {"input_ids": self.input_ids[i], "choices": self.choices,
-                "label": self.examples[i].label, "task_id": self.task_id, "index": i}
+                "label": self.examples[i].label, "value": self.examples[i].value, "task_id": self.task_id,
+                "index": i}
 
 
 def collate(items: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
@@ -73,6 +75,8 @@ def collate(items: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
         "choice_ids": choice_ids,
         "choice_mask": choice_mask,
         "label": label,
+        # the exact score (STS-B), which regression heads train on; NaN for classification examples
+        "value": torch.tensor([float("nan") if it.get("value") is None else it["value"] for it in items]),
         "task_id": torch.tensor([it["task_id"] for it in items], dtype=torch.long),
         "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
     }

@@ -132,15 +132,27 @@ class MixedSplit(Dataset):
 
     def __getitem__(self, i):
         return {"input_ids": self.input_ids[i], "choices": self.choices[i], "label": self.examples[i].label,
-                "task_id": self.task_ids[i], "index": i}
+                "value": self.examples[i].value, "task_id": self.task_ids[i], "index": i}
 
 
 def subsample(examples: list, cap: int | None, seed: int, salt: str) -> list:
-    """At most `cap` examples, a seeded random subset kept in file order."""
+    """At most `cap` examples, a seeded random subset kept in file order. Examples that share a
+    `group` (MultiRC's answer options of one question, the unit of exact match) are kept or left
+    out together: whole groups are drawn, in random order, until the next one would pass the cap.
+    Ungrouped examples are units of one (the same draw as sampling examples)."""
     if not cap or len(examples) <= cap:
         return examples
+    units: dict = {}
+    for i, ex in enumerate(examples):
+        units.setdefault(i if ex.group is None else ex.group, []).append(i)
+    units = list(units.values())
     rng = np.random.default_rng([seed, zlib.crc32(salt.encode())])
-    return [examples[i] for i in sorted(rng.choice(len(examples), cap, replace=False))]
+    keep: list[int] = []
+    for u in rng.choice(len(units), min(cap, len(units)), replace=False):
+        if len(keep) + len(units[u]) > cap:
+            break
+        keep += units[u]
+    return [examples[i] for i in sorted(keep)]
 
 
 def prepare_task(name: str, dcfg, data_dir, seed: int) -> dict[str, list]:

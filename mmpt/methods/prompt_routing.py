@@ -30,7 +30,8 @@ class PromptRouting(Method):
                               f"{full} gives R = {self.n_routes}; for one prompt use method=prompt_tuning")
         options = router_options(cfg, self.n_routes, router_cfg)
         embedding = backbone.get_input_embeddings()
-        self.prompts = nn.Parameter(init_tokens(full, embedding, cfg.get("init", "normal")))
+        self.prompts = nn.Parameter(init_tokens(full, embedding, cfg.get("init", "normal"),
+                                                 info.get("tokenizer")))
         self.router = InputRouter(info["d_model"], self.n_routes, **options)
 
     def param_groups(self):

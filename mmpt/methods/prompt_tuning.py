@@ -15,10 +15,34 @@ def prepend(embeds, mask, prompt):
     return torch.cat([prompt, embeds], 1), torch.cat([ones, mask], 1)
 
 
-def init_tokens(n: int, embedding: nn.Embedding, how: str, generator=None) -> torch.Tensor:
-    """Initial soft tokens: copies of random vocabulary embeddings (Lester et al.) or N(0, 1)."""
+COMMON = 5000  # Lester et al. copy embeddings of the 5,000 most common tokens
+
+
+def word_ids(tokenizer, rows: int, limit: int = COMMON) -> torch.Tensor:
+    """The first `limit` ids (below `rows`, the embedding size) whose token is a plain word: not a
+    special or added token, and decoding to ASCII letters only. That leaves out BERT's [unused*]
+    and [CLS]-style tokens, T5's <extra_id_*>, punctuation, digits and WordPiece's "##" pieces.
+    Both vocabulary kinds list frequent tokens first (SentencePiece by score; WordPiece's words
+    after its reserved and single-character block), so the first ids are the common ones."""
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    end, found = min(len(tokenizer), rows), []
+    for start in range(0, end, limit):  # decode a chunk at a time: `limit` words come early
+        ids = [i for i in range(start, min(start + limit, end)) if i not in special]
+        texts = [t.strip() for t in tokenizer.batch_decode([[i] for i in ids])]
+        found += [i for i, t in zip(ids, texts) if t.isascii() and t.isalpha()]
+        if len(found) >= limit:
+            break
+    if not found:
+        raise ConfigError("method.init", "the tokenizer has no plain word tokens to copy; use init=normal")
+    return torch.tensor(found[:limit])
+
+
+def init_tokens(n: int, embedding: nn.Embedding, how: str, tokenizer=None, generator=None) -> torch.Tensor:
+    """Initial soft tokens: copies of the embeddings of random common words (Lester et al.; drawn
+    from the global RNG, i.e. the run's seed) or N(0, 1)."""
     if how == "vocab":
-        ids = torch.randint(0, min(5000, embedding.num_embeddings), (n,), generator=generator)
+        words = word_ids(tokenizer, embedding.num_embeddings)
+        ids = words[torch.randint(0, len(words), (n,), generator=generator)]
         return embedding.weight[ids].detach().clone()
     if how == "normal":
         return torch.randn(n, embedding.embedding_dim, generator=generator)
@@ -29,7 +53,8 @@ class PromptTuning(Method):
     def __init__(self, cfg, backbone, info):
         super().__init__(cfg, backbone, info)
         n = positive(cfg, "num_virtual_tokens")
-        self.prompt = nn.Parameter(init_tokens(n, backbone.get_input_embeddings(), cfg.get("init", "vocab")))
+        self.prompt = nn.Parameter(init_tokens(n, backbone.get_input_embeddings(), cfg.get("init", "vocab"),
+                                               info.get("tokenizer")))
 
     def prepare(self, batch, backbone):
         embeds = backbone.get_input_embeddings()(batch["input_ids"])

@@ -22,13 +22,14 @@ def build_model(model_cfg, method_cfg, router_cfg=None, n_tasks: int = 1, tasks=
     fill_targets(model_cfg, backbone.config)  # model=local: the adapter targets of the loaded family
     backbone.requires_grad_(False)
     family = seq2seq if backbone.config.is_encoder_decoder else encoder
-    info = {"sites": family.tag_sites(backbone), **family.shapes(backbone), "n_tasks": n_tasks}
+    info = {"sites": family.tag_sites(backbone), **family.shapes(backbone), "n_tasks": n_tasks,
+            "tokenizer": tokenizer}  # prompt init=vocab copies embeddings of its word tokens
     method = build_method(method_cfg, backbone, info, router_cfg)
     if family is seq2seq:
         return seq2seq.wrap(backbone, tokenizer, method)
     if not tasks:
         raise ConfigError("model", "an encoder backbone needs the task list to build its heads")
-    return encoder.wrap(backbone, tokenizer, method, tasks)
+    return encoder.wrap(backbone, tokenizer, method, tasks, model_cfg.get("pool_prompt", True))
 
 
 __all__ = ["build_model", "load_backbone", "Seq2SeqModel"]

@@ -2,8 +2,9 @@
 
 Methods plug in exactly as on T5: `prepare` gives token ids or input embeddings, the mask, and
 optionally `mmpt_prefix`; prefixes reach the encoder's self-attention through the same attention
-function. The states are mean-pooled over the attended positions (how MiniLM was trained) and fed
-to the task's head: a linear classifier over its verbalizers, or a scalar regressor for tasks
+function. The states are mean-pooled over the attended positions (how MiniLM was trained), the
+soft-prompt positions a method prepends included or not (`model.pool_prompt`), and fed to the
+task's head: a linear classifier over its verbalizers, or a scalar regressor for tasks
 marked `regression` (STS-B), trained with MSE on the score.
 """
 from contextlib import nullcontext
@@ -33,9 +34,10 @@ def shapes(model) -> dict:
 
 
 class EncoderClassifier(nn.Module):
-    def __init__(self, backbone, tokenizer, method, tasks):
+    def __init__(self, backbone, tokenizer, method, tasks, pool_prompt: bool = True):
         super().__init__()
         self.backbone, self.method, self.tokenizer = backbone, method, tokenizer
+        self.pool_prompt = pool_prompt
         self.pad_id, self.eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
         d = backbone.config.hidden_size
         self.regression = [bool(getattr(t, "regression", False)) for t in tasks]
@@ -69,7 +71,10 @@ class EncoderClassifier(nn.Module):
         routing = getattr(self.method, "routing", None)
         with routing(batch, 1) if routing else nullcontext():
             h = self.backbone(**kw).last_hidden_state
-        mask = kw["attention_mask"].unsqueeze(-1).to(h.dtype)
+        mask = kw["attention_mask"].clone()
+        if not self.pool_prompt:  # the positions the method prepended (soft prompts) stay out of the mean
+            mask[:, : mask.shape[1] - batch["attention_mask"].shape[1]] = 0
+        mask = mask.unsqueeze(-1).to(h.dtype)
         return (h * mask).sum(1) / mask.sum(1).clamp(min=1), aux
 
     def _by_head(self, pooled, task_id):
@@ -95,18 +100,19 @@ class EncoderClassifier(nn.Module):
         pooled, aux = self._pooled(batch)
         labels, total = batch["label"], 0.0
         for h, idx, out in self._by_head(pooled, batch["task_id"]):
-            y = labels[idx]
-            if self.regression[h]:
-                target = self.values[h].to(out.device)[y]
+            if self.regression[h]:  # the exact score, not the label (the score rounded to 0.2)
+                target = batch["value"][idx].to(out.device, torch.float)
                 total = total + F.mse_loss(out.squeeze(-1).float(), target, reduction="sum")
             else:
-                total = total + F.cross_entropy(out.float(), y, reduction="sum")
+                total = total + F.cross_entropy(out.float(), labels[idx], reduction="sum")
         return total / len(labels), aux
 
     def generate(self, batch, max_new_tokens: int = 10):
         raise ConfigError("trainer.eval_mode", "encoder backbones have no decoder: use trainer.eval_mode=rank")
 
 
-def wrap(backbone, tokenizer, method, tasks) -> EncoderClassifier:
+def wrap(backbone, tokenizer, method, tasks, pool_prompt: bool = True) -> EncoderClassifier:
+    if not isinstance(pool_prompt, bool):
+        raise ConfigError("model.pool_prompt", f"expected true or false, got {pool_prompt!r}")
     prefix_attention.enable(backbone)
-    return EncoderClassifier(backbone, tokenizer, method, tasks)
+    return EncoderClassifier(backbone, tokenizer, method, tasks, pool_prompt)
