@@ -1,13 +1,15 @@
-"""What train.py and finetune.py share: seeds averaging, sweep-friendly errors, one-line failures."""
+"""What train.py and finetune.py share: seeds averaging, sweep-friendly errors, one-line failures,
+and (a Hydra callback) one run dir for all torchrun processes."""
 import json
 import logging
+import os
 import statistics
 import sys
-from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import open_dict
+from omegaconf import DictConfig, open_dict, read_write
 
 from mmpt.engine import distributed
 from mmpt.experiment import claim_run_dir, run_dir
@@ -61,3 +63,39 @@ def main_wrapper(fn, cfg):
     if key not in metrics:
         raise ConfigError("optimized_metric", f"{key!r} is not among the run's metrics {sorted(metrics)[:10]}")
     return metrics[key]
+
+
+class TorchrunRunDir(Callback):
+    """Under torchrun, every process runs in rank 0's run dir and only rank 0 writes Hydra's files.
+
+    Each process composes its own config, so `${now:...}` in hydra.run.dir resolves once per
+    process: processes that start either side of a second (or any two with a sub-second format)
+    made several run dirs, and every rank wrote .hydra/ and each line of train.log. Before Hydra
+    makes the dir, the processes join the process group and take rank 0's resolved path; ranks > 0
+    then save no .hydra/, log no file and print warnings and errors only.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+            return
+        distributed.init()
+        HydraConfig.instance().set_config(config)  # for ${hydra:...} in the run dir
+        run_dir = distributed.broadcast_object(str(config.hydra.run.dir))
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.run.dir = run_dir
+            if not distributed.is_main():
+                config.hydra.output_subdir = None
+                _console_warnings_only(config.hydra.job_logging)
+
+
+def _console_warnings_only(job_logging: DictConfig | None) -> None:
+    """Drop the file handlers of a logging dictConfig and raise the root level to WARNING."""
+    if not job_logging:
+        return
+    handlers = job_logging.get("handlers") or {}
+    files = [name for name, h in handlers.items() if "FileHandler" in str(h.get("class", ""))]
+    for name in files:
+        del handlers[name]
+    if job_logging.get("root") is not None:
+        job_logging.root.handlers = [h for h in job_logging.root.get("handlers", []) if h not in files]
+        job_logging.root.level = "WARNING"

@@ -92,6 +92,8 @@ def claim_run_dir(cfg) -> None:
             tmp.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(OmegaConf.to_yaml(node))
             os.replace(tmp, saved.with_name(name))
+    if not distributed.is_main():
+        return  # under torchrun only rank 0 writes files and logs
     root = logging.getLogger()
     for handler in [h for h in root.handlers if h.name == "mmpt-run-log"]:  # a sweep's previous job
         root.removeHandler(handler)

@@ -29,7 +29,7 @@ def test_every_config_key_is_commented():
     """Each YAML file starts with a comment; every key has a comment on its line or the line
     above, except section heads (`key:` with nested keys below, which carry the comments)."""
     key = re.compile(r"^\s*[\w.@/]+:")
-    for path in (ROOT / "conf").rglob("*.yaml"):
+    for path in [*(ROOT / "conf").rglob("*.yaml"), *(ROOT / "mmpt" / "conf_finetune").rglob("*.yaml")]:
         lines = path.read_text().splitlines()
         assert lines[0].startswith("#"), f"{path} has no header comment"
         yaml.safe_load(path.read_text())
@@ -87,3 +87,14 @@ def test_hub_model_without_network_fails_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert "cannot be downloaded" in proc.stderr and "model=t5_tiny" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_mttl_grid_preset_is_offered_by_finetune_only():
+    cfg = compose_cfg(["hparams_search=mttl_finetune", "pretrained=x"], config_name="finetune")
+    assert list(cfg.mean_over_seeds) == [0, 1, 2]
+    with pytest.raises(Exception, match="mttl_finetune"):
+        compose_cfg(["hparams_search=mttl_finetune"])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    help_text = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, env=env, capture_output=True,
+                               text=True, timeout=120).stdout
+    assert "hparams_search: lora, prefix, prefix_routing\n" in help_text

@@ -33,20 +33,25 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
-@contextmanager
-def session():
-    """Join the process group torchrun describes (if any) for the duration of a run."""
-    started = False
+def init() -> None:
+    """Join the process group torchrun describes (WORLD_SIZE > 1), once per process."""
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not active():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(device())
-        dist.init_process_group(backend)
-        started = True
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+@contextmanager
+def session():
+    """The process group for the duration of a run; left when the run ends (however it ends).
+
+    It may already be joined: under torchrun the run-dir callback (mmpt.cli.TorchrunRunDir) joins
+    it before Hydra makes the run dir."""
+    init()
     try:
         yield
     finally:
-        if started:
+        if active():
             dist.destroy_process_group()
 
 
@@ -59,6 +64,15 @@ def shard(batch: dict, r: int | None = None, n: int | None = None) -> dict:
 def barrier() -> None:
     if active():
         dist.barrier()
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` on every process (`obj` itself when not distributed)."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def gather_objects(obj) -> list:
