@@ -151,10 +151,11 @@ def test_finetune_identity_is_the_pretrained_config_not_its_path(tmp_path):
         fake_run(tmp_path / "pre" / name, pre, 0.5)
     fake_run(tmp_path / "pre" / "pre_c", cfg("poly_lora", "glue_mix", method__n_skills=4), 0.5)
     ft = tmp_path / "ft"
-    fake_run(ft / "0", finetune_cfg(tmp_path / "pre" / "pre_a", "Z", 0), 0.6)
+    launched = {"runtime": {"cwd": str(tmp_path / "pre")}}  # relative `pretrained` paths: to finetune.py's cwd
+    fake_run(ft / "0", finetune_cfg("pre_a", "Z", 0), 0.6, hydra=launched)
     fake_run(ft / "1", finetune_cfg(tmp_path / "pre" / "pre_b", "Z", 1), 0.8)
-    fake_run(ft / "2", finetune_cfg(tmp_path / "pre" / "pre_c", "Z", 0), 0.3)
-    fake_run(ft / "3", finetune_cfg(tmp_path / "pre" / "pre_a", "Poly", 0), 0.7)
+    fake_run(ft / "2", finetune_cfg("pre_c", "Z", 0), 0.3, hydra=launched)
+    fake_run(ft / "3", finetune_cfg("pre_a", "Poly", 0), 0.7, hydra=launched)
     r = rows(ft)
     assert r["poly_lora/Z (pretrained.method.n_skills=8)", "rte"]["n"] == 2
     assert r["poly_lora/Z (pretrained.method.n_skills=8)", "rte"]["mean"] == pytest.approx(70.0)

@@ -38,23 +38,28 @@ def is_run_control(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in RUN_CONTROL)
 
 
-def identity(cfg: dict) -> dict:
+def identity(cfg: dict, cwd=".") -> dict:
     """The config keys that can change results. A finetune.py run's `pretrained` path is replaced
     by the pretrained run's own identity (as `pretrained.<key>`), so re-running the pre-training in
-    another folder does not split a group, while a different pre-training does."""
+    another folder does not split a group, while a different pre-training does. `cwd`: where
+    finetune.py ran (a relative `pretrained` is relative to it); an unreadable path stays as is."""
     ident = {k: v for k, v in flatten(cfg).items() if not is_run_control(k)}
     if cfg.get("pretrained"):
-        pre = _pretrained_config(cfg["pretrained"])
+        pre = _pretrained_config(cfg["pretrained"], cwd)
         if pre is not None:
             del ident["pretrained"]
             ident.update({f"pretrained.{k}": v for k, v in identity(pre).items()})
     return ident
 
 
-def _pretrained_config(path) -> dict | None:
-    """A pretrained run's config; its path is as given to finetune.py (relative: to the cwd)."""
-    f = Path(path) / ".hydra" / "config.yaml"
-    return yaml.safe_load(f.read_text()) if f.exists() else None
+def _pretrained_config(path, cwd=".") -> dict | None:
+    """A pretrained run's config; its path is as given to finetune.py (relative: to its cwd, or
+    to ours when the runs were copied from elsewhere)."""
+    for d in (Path(cwd), Path(".")):
+        f = d / path / ".hydra" / "config.yaml"
+        if f.exists():
+            return yaml.safe_load(f.read_text())
+    return None
 
 
 def _hydra_files(run: Path, root: Path) -> tuple[dict | None, dict]:
@@ -69,12 +74,12 @@ def _hydra_files(run: Path, root: Path) -> tuple[dict | None, dict]:
     return None, {}
 
 
-def method_name(cfg: dict) -> str:
+def method_name(cfg: dict, cwd=".") -> str:
     """The method's name; finetune.py runs have none of their own: their pre-trained run's, and
     the fine-tuning type (e.g. poly_lora/Z)."""
     name = (cfg.get("method") or {}).get("name")
     if name is None and cfg.get("pretrained"):
-        pre = _pretrained_config(cfg["pretrained"]) or {}
+        pre = _pretrained_config(cfg["pretrained"], cwd) or {}
         name = (pre.get("method") or {}).get("name")
     name = name or "?"
     return f"{name}/{cfg['finetune_type']}" if cfg.get("finetune_type") else name
@@ -116,10 +121,12 @@ def collect(root) -> tuple[pd.DataFrame, int]:
         metrics = json.loads(mfile.read_text())
         seed = re.fullmatch(r"seed_(\d+)", run.name)
         key = test_key(metrics)
-        ident = identity(cfg)
-        choices = ((hydra.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
+        runtime = (hydra.get("hydra") or {}).get("runtime") or {}
+        cwd = runtime.get("cwd") or "."
+        ident = identity(cfg, cwd)
+        choices = runtime.get("choices") or {}
         rows.append({
-            "run": run.relative_to(root).as_posix() or ".", "method": method_name(cfg),
+            "run": run.relative_to(root).as_posix() or ".", "method": method_name(cfg, cwd),
             "task": (cfg.get("dataset") or {}).get("name", "?"), "metric": key.split("/", 1)[1],
             "seed": int(seed.group(1)) if seed else cfg.get("seed"),
             "score": metrics.get(key), "val": metrics.get(metrics.get("optimized_metric_key", "")),
