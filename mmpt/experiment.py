@@ -176,8 +176,8 @@ def fit_and_test(cfg, model, data, out: Path, logger, extra: dict | None = None)
     (with `extra`, e.g. fine-tuning's zero-shot scores). Shared by train() and finetune()."""
     check_length_norm(model, cfg.trainer.get("rank_length_norm", 0))  # before training, not at the first eval
     if cfg.trainer.eval_mode == "generate" and not model.backbone.config.is_encoder_decoder:
-        raise ConfigError("trainer.eval_mode", f"`{cfg.model.get('build')}` is an encoder backbone with "
-                          "classification heads and no decoder: it cannot generate; use trainer.eval_mode=rank")
+        raise ConfigError("trainer.eval_mode", f"this {model.backbone.config.model_type} backbone is an encoder "
+                          "with classification heads and no decoder: it cannot generate; use trainer.eval_mode=rank")
     trainer = Trainer(model, data, cfg, out, logger, resume=cfg.get("resume", False))
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s on %s: %d trainable / %d parameters, %d optimizer steps", cfg.method.name,

@@ -101,15 +101,14 @@ def _tokenizer(name: str):
     path = os.path.expanduser(name)
     if not os.path.isdir(path):
         return load_tokenizer(name)
-    error = None
     if not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
-        error = f"none of {list(TOKENIZER_FILES)}"
+        why = f"none of {list(TOKENIZER_FILES)}"
     else:
         try:
             return load_tokenizer(name)
         except (OSError, ValueError) as e:
-            error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise ConfigError("model.tokenizer", f"no tokenizer in `{name}` ({error}): save the tokenizer there too "
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ConfigError("model.tokenizer", f"no tokenizer in `{name}` ({why}): save the tokenizer there too "
                       "(save_pretrained) or set model.tokenizer=<dir or hub id>")
 
 
