@@ -219,7 +219,8 @@ def test_export_refusals(lora_run, tmp_path):
 
 
 @pytest.mark.parametrize("method, why", [
-    ("prefix_routing", "routes prefixes per input"), ("prompt_routing", "SMoP"), ("full", "use --format merged")])
+    ("prefix_routing", "routes prefixes per input"), ("prompt_routing", "SMoP"), ("full", "use --format merged"),
+    ("prefix", "cache, which computes something else"), ("poly_ia3", "LoRA skills only")])
 def test_inexpressible_methods_fail_in_one_line_and_write_nothing(tmp_path, method, why):
     run(tmp_path / "run", ["model=t5_tiny", f"method={method}", *RUN_ARGS], "trainer.max_steps=1")
     with pytest.raises(ExportError, match=f"method {method} cannot be written as a PEFT adapter: .*{why}"):

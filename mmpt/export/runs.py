@@ -37,10 +37,10 @@ def load_run(path):
 
 def base_name(model_cfg) -> str | None:
     """The name or path a user loads the run's base model from; None when it was built in-process."""
-    if model_cfg.get("build") == "t5_tiny":
-        return None
     if model_cfg.get("build") == "minilm":
         return MINILM_HUB
+    if model_cfg.get("build") not in ("pretrained", "local"):  # t5_tiny and other tiny builds
+        return None
     name = model_cfg.name_or_path
     return os.path.abspath(os.path.expanduser(name)) if os.path.isdir(os.path.expanduser(name)) else name
 

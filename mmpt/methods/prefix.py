@@ -12,6 +12,12 @@ from mmpt.methods.prefix_attention import table_to_state
 
 
 class Prefix(Method):
+    # Checked on t5_tiny with placement=decoder and PEFT's seq2seq prefix layouts: outputs differ by
+    # O(10) in the logits, also with the relative position bias zeroed.
+    peft_why_not = ("PEFT passes prefixes through the model's cache, which computes something else than "
+                    "mmpt's prefix attention (there prefix keys take positions and shift the tokens' own; "
+                    "docs/differences.md)")
+
     def __init__(self, cfg, backbone, info):
         super().__init__(cfg, backbone, info)
         self.sites = self.placement_sites(choose(cfg, "placement", PLACEMENTS))
