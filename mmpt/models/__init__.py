@@ -29,7 +29,7 @@ def build_model(model_cfg, method_cfg, router_cfg=None, n_tasks: int = 1, tasks=
         return seq2seq.wrap(backbone, tokenizer, method)
     if not tasks:
         raise ConfigError("model", "an encoder backbone needs the task list to build its heads")
-    return encoder.wrap(backbone, tokenizer, method, tasks, model_cfg.get("pool_prompt", True))
+    return encoder.wrap(backbone, tokenizer, method, tasks, model_cfg.get("pool_prompt", False))
 
 
 __all__ = ["build_model", "load_backbone", "Seq2SeqModel"]

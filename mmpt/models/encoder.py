@@ -34,7 +34,7 @@ def shapes(model) -> dict:
 
 
 class EncoderClassifier(nn.Module):
-    def __init__(self, backbone, tokenizer, method, tasks, pool_prompt: bool = True):
+    def __init__(self, backbone, tokenizer, method, tasks, pool_prompt: bool = False):
         super().__init__()
         self.backbone, self.method, self.tokenizer = backbone, method, tokenizer
         self.pool_prompt = pool_prompt
@@ -111,7 +111,7 @@ class EncoderClassifier(nn.Module):
         raise ConfigError("trainer.eval_mode", "encoder backbones have no decoder: use trainer.eval_mode=rank")
 
 
-def wrap(backbone, tokenizer, method, tasks, pool_prompt: bool = True) -> EncoderClassifier:
+def wrap(backbone, tokenizer, method, tasks, pool_prompt: bool = False) -> EncoderClassifier:
     if not isinstance(pool_prompt, bool):
         raise ConfigError("model.pool_prompt", f"expected true or false, got {pool_prompt!r}")
     prefix_attention.enable(backbone)
