@@ -22,7 +22,10 @@ def build_model(model_cfg, method_cfg, router_cfg=None, n_tasks: int = 1, tasks=
 
     backbone, tokenizer = load_backbone(model_cfg)
     backbone.requires_grad_(False)
-    family = seq2seq if backbone.config.is_encoder_decoder else causal if causal.is_causal_lm(backbone) else encoder
+    if backbone.config.is_encoder_decoder:
+        family = seq2seq
+    else:
+        family = causal if causal.is_causal_lm(backbone) else encoder
     info = {"sites": family.tag_sites(backbone), **family.shapes(backbone), "n_tasks": n_tasks}
     method = build_method(method_cfg, backbone, info, router_cfg)
     if family is not encoder:

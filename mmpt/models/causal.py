@@ -36,8 +36,9 @@ def tag_sites(model) -> list[str]:
     *Attention that knows its layer index (the layout of every transformers decoder-only model)."""
     sites = []
     for _, module in model.named_modules():
-        if type(module).__name__.endswith("Attention") and isinstance(getattr(module, "layer_idx", None), int):
-            module.mmpt_site = f"decoder.{module.layer_idx}"
+        layer = getattr(module, "layer_idx", None)
+        if type(module).__name__.endswith("Attention") and isinstance(layer, int):
+            module.mmpt_site = f"decoder.{layer}"
             sites.append(module.mmpt_site)
     return sites
 
