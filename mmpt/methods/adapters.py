@@ -1,11 +1,25 @@
-"""The one place where LoRA-style layers wrap a backbone's Linear modules."""
+"""The one place where LoRA-style layers wrap a backbone's Linear modules.
+
+GPT-2's `Conv1D` is a Linear whose weight is stored transposed ([in, out]); the wrappers only call
+the wrapped layer and read its widths through `dims`, so they adapt both kinds the same way.
+"""
 import math
 import re
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from mmpt.errors import ConfigError
+
+ADAPTABLE = (nn.Linear, Conv1D)
+
+
+def dims(layer) -> tuple[int, int]:
+    """(in, out) widths of an nn.Linear or a transformers Conv1D."""
+    if isinstance(layer, Conv1D):
+        return layer.weight.shape[0], layer.nf
+    return layer.in_features, layer.out_features
 
 
 class Wrapped(nn.Module):
@@ -22,8 +36,9 @@ class LoRALinear(Wrapped):
     def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float):
         super().__init__()
         self.base = base
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
+        d_in, d_out = dims(base)
+        self.lora_A = nn.Parameter(torch.empty(rank, d_in))
+        self.lora_B = nn.Parameter(torch.zeros(d_out, rank))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's own init
         self.scale = alpha / rank
         self.dropout = nn.Dropout(dropout)
@@ -34,12 +49,12 @@ class LoRALinear(Wrapped):
 
 
 def wrap_linears(model: nn.Module, pattern: str, make, key: str = "method.target_modules") -> dict:
-    """Replace every nn.Linear whose qualified name fully matches `pattern` by `make(linear)`.
+    """Replace every nn.Linear (or Conv1D) whose qualified name fully matches `pattern` by `make(linear)`.
 
     Returns {name: new module}. A pattern that matches nothing is a config error, not a silent no-op.
     """
     regex = re.compile(pattern)
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and regex.fullmatch(n)]
+    names = [n for n, m in model.named_modules() if isinstance(m, ADAPTABLE) and regex.fullmatch(n)]
     if not names:
         raise ConfigError(key, f"pattern {pattern!r} matches no Linear module of the backbone")
     wrapped = {}
@@ -57,7 +72,7 @@ class IA3Linear(Wrapped):
     def __init__(self, base: nn.Linear):
         super().__init__()
         self.base = base
-        self.ia3_l = nn.Parameter(torch.ones(base.out_features))
+        self.ia3_l = nn.Parameter(torch.ones(dims(base)[1]))
 
     def forward(self, x):
         return self.base(x) * self.ia3_l
@@ -81,12 +96,12 @@ class PolyLoRALinear(Wrapped):
     def __init__(self, base: nn.Linear, n_skills: int, n_splits: int, rank: int, alpha: float, dropout: float):
         super().__init__()
         self.base, self.n_splits = base, n_splits
-        d_in = _split(base.in_features, n_splits, "input")
-        d_out = _split(base.out_features, n_splits, "output")
+        d_in = _split(dims(base)[0], n_splits, "input")
+        d_out = _split(dims(base)[1], n_splits, "output")
         self.lora_A = nn.Parameter(torch.empty(n_splits, n_skills, d_in, rank))
         self.lora_B = nn.Parameter(torch.zeros(n_splits, n_skills, rank, d_out))
         # Kaiming-uniform over the full fan-in, as LoRALinear's A (so n_skills = 1 matches LoRA's scale)
-        bound = 1 / math.sqrt(base.in_features)
+        bound = 1 / math.sqrt(dims(base)[0])
         nn.init.uniform_(self.lora_A, -bound, bound)
         self.scale = alpha / rank
         self.dropout = nn.Dropout(dropout)
@@ -111,7 +126,7 @@ class PolyIA3Linear(Wrapped):
     def __init__(self, base: nn.Linear, n_skills: int, n_splits: int):
         super().__init__()
         self.base = base
-        d_out = _split(base.out_features, n_splits, "output")
+        d_out = _split(dims(base)[1], n_splits, "output")
         self.ia3_l = nn.Parameter(torch.ones(n_splits, n_skills, d_out))
         self.weights = None
 

