@@ -26,8 +26,8 @@ ENV = {**os.environ, "MMPT_DATA_DIR": str(DATA), "HF_HUB_OFFLINE": "1", "TRANSFO
        "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
 ENV.pop(KILL_ENV, None)
 
-# cb: 15 batches of 16 per epoch, 2 per step: epochs end at steps 8, 16, 24; evals (and
-# checkpoints) at 3, 6, 8, 9, 12, 15, 16, 18, 21, 24
+# cb: 224 examples, 14 batches of 16 per epoch, 2 per step: epochs end at steps 7, 14, 21; evals
+# (and checkpoints) at 3, 6, 7, 9, 12, 14, 15, 18, 21, 24
 ONE = ["model=t5_tiny", "method=prefix_routing", "dataset=cb", "dataset.max_length=64", "trainer.batch_size=16",
        "trainer.eval_batch_size=64", "trainer.grad_accum=2", "trainer.max_steps=24", "trainer.eval_every=3",
        "trainer.log_every=1", "seed=3"]
@@ -89,11 +89,14 @@ def test_one_task_killed_mid_epoch_at_an_epoch_end_and_mid_save_equals_uninterru
     full, cut = tmp_path / "full", tmp_path / "cut"
     # the reference also shows resume=true on a dir without a checkpoint: one warning, a fresh run
     reference = start("train.py", full, ONE, resume=True)
-    run("train.py", cut, ONE, kill_at="step:5")             # (a) mid-epoch: resumes at step 3, batch 6
-    run("train.py", cut, ONE, kill_at="step:8", resume=True)        # (b) right after the epoch-end checkpoint
-    run("train.py", cut, ONE, kill_at="last-swap:12", resume=True)  # (c) mid-save: only last.old is complete
+    run("train.py", cut, ONE, kill_at="step:5")  # (a) mid-epoch: resumes at step 3 (epoch 0, batch 6)
+    # (b) one step into epoch 1: resumes from the epoch-end checkpoint of step 7 (epoch 1, batch 0)
+    run("train.py", cut, ONE, kill_at="step:8", resume=True)
+    # (c) mid-save: only last.old (step 9) is complete; resumes there (epoch 1, batch 4)
+    run("train.py", cut, ONE, kill_at="last-swap:12", resume=True)
     assert not (cut / "checkpoints" / "last").exists() and (cut / "checkpoints" / "last.old").exists()
-    run("train.py", cut, ONE, kill_at="last-clean:15", resume=True)  # (c) mid-save: last and last.old
+    # (c) mid-save: last (step 15) and last.old (14) both complete; the next save must cope
+    run("train.py", cut, ONE, kill_at="last-clean:15", resume=True)
     run("train.py", cut, ONE, resume=True)
     out = finish(reference)
     assert out.count(f"resume=true: {full} has no checkpoint; starting from scratch") == 1
