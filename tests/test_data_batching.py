@@ -43,8 +43,9 @@ def test_eos_is_kept_under_truncation(tokenizer):
 def test_item_fields(tokenizer):
     split = EncodedSplit(make_examples(3), tokenizer, 32, ["no", "yes"], task_id=4)
     item = split[2]
-    assert set(item) == {"input_ids", "choices", "label", "task_id", "index"}
+    assert set(item) == {"input_ids", "choices", "label", "value", "task_id", "index"}
     assert (item["index"], item["task_id"], item["label"]) == (2, 4, split.examples[2].label)
+    assert item["value"] == split.examples[2].value  # the exact regression target (None: classification)
 
 
 def test_collate_pads_per_batch_and_supports_different_choice_sets():

@@ -150,7 +150,7 @@ def test_rank_length_norm_divides_by_the_choice_tokens(tiny):
             assert plain[i, c] == pytest.approx(-loss.item() * lengths[c].item(), rel=1e-5)
             assert normed[i, c] == pytest.approx(-loss.item(), rel=1e-5)
             assert half[i, c] == pytest.approx(-loss.item() * lengths[c].item() ** 0.5, rel=1e-5)
-    preds, _ = predict(model, [b], lambda i: choices, length_norm=1)
+    preds, _, _ = predict(model, [b], lambda i: choices, length_norm=1)
     assert [preds[i] for i in range(2)] == normed.argmax(-1).tolist()
     with pytest.raises(ConfigError, match="trainer.rank_length_norm"):
         check_length_norm(model, -1)
