@@ -13,7 +13,6 @@ of every row are at 0..T-1 in order) and pads are masked, so padding never chang
 Rank scoring runs each prompt once with a key/value cache, expands the cache over the C choices
 and scores all choices in one pass on top of it (not prompt + choice per choice).
 """
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +21,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from mmpt.methods import prefix_attention
+from mmpt.models.seq2seq import TextToText
 
 CAUSAL_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
@@ -64,23 +64,7 @@ def last_real(mask: torch.Tensor) -> torch.Tensor:
     return (torch.arange(mask.shape[1], device=mask.device) * mask).argmax(1)
 
 
-class CausalLM(nn.Module):
-    def __init__(self, backbone, tokenizer, method):
-        super().__init__()
-        self.backbone, self.method, self.tokenizer = backbone, method, tokenizer
-        self.pad_id, self.eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-
-    def param_groups(self) -> dict:
-        return self.method.param_groups()
-
-    def loss_terms(self, batch):
-        """How many terms the mean loss averages (continuation tokens): DDP weights processes by it."""
-        return (batch["labels"] != -100).sum()
-
-    def _routing(self, batch, repeat: int = 1):
-        ctx = getattr(self.method, "routing", None)
-        return ctx(batch, repeat) if ctx else nullcontext()
-
+class CausalLM(TextToText):
     def _states(self, kw, **extra):
         """Last hidden states of the decoder stack (the LM head is applied only where needed)."""
         return self.backbone.base_model(**kw, **extra).last_hidden_state

@@ -36,7 +36,10 @@ def shapes(model) -> dict:
             "layers": {"encoder": c.num_layers, "decoder": c.num_decoder_layers}}
 
 
-class Seq2SeqModel(nn.Module):
+class TextToText(nn.Module):
+    """What every text-to-text wrapper (T5 here, causal LMs in causal.py) shares: the method's
+    groups, the loss's token count and the method's routing context."""
+
     def __init__(self, backbone, tokenizer, method):
         super().__init__()
         self.backbone, self.method = backbone, method
@@ -53,6 +56,9 @@ class Seq2SeqModel(nn.Module):
     def _routing(self, batch, repeat: int = 1):
         ctx = getattr(self.method, "routing", None)
         return ctx(batch, repeat) if ctx else nullcontext()
+
+
+class Seq2SeqModel(TextToText):
 
     def forward(self, batch):
         """Mean token cross-entropy of the gold targets; also returns the method's diagnostics."""
