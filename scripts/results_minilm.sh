@@ -9,6 +9,10 @@ export OMP_NUM_THREADS=1 HYDRA_FULL_ERROR=1
 PY=${PYTHON:-.venv/bin/python}
 SEEDS=seed=0,1,2
 
+# A sweep dir whose N runs all wrote metrics.json is skipped, so an interrupted reproduction
+# picks up where it stopped (a partly done sweep is run again whole).
+complete() { [ "$(ls "$1"/*/metrics.json 2>/dev/null | wc -l)" -ge "$2" ] && echo "skip $1 (done)"; }
+
 # Training steps per task at batch 16 (a fixed budget: CB and COPA get ~10 and ~7 epochs, RTE ~1.4).
 STEPS=${STEPS:-"sst2:300 mrpc:200 rte:200 wic:200 cb:150 copa:150"}
 
@@ -18,6 +22,7 @@ table() {  # method, then that method's overrides (its group learning rates)
         local task=${spec%%:*} steps=${spec##*:} extra=""
         # SST-2's 10% holdout is 6,700 sentences; 2% (1,347) is enough to pick a checkpoint.
         [ "$task" = sst2 ] && extra="dataset.val_fraction=0.02"
+        complete "multirun/minilm_table/${method}_${task}" 3 && continue
         $PY train.py -m experiment=minilm_glue method="$method" dataset="$task" $SEEDS \
             trainer.max_steps="$steps" $extra "$@" \
             hydra.sweep.dir="multirun/minilm_table/${method}_${task}"
@@ -41,17 +46,29 @@ HELD_OUT=${HELD_OUT:-rte,cb}
 FEW="k_shot=32 $SEEDS trainer.epochs=20 trainer.max_steps=null trainer.batch_size=8 trainer.eval_every=null
      dataset.max_length=128 optimizer.groups.head.lr=1e-2"
 mttl_pretrain() {
+    [ -f "$PRE/metrics.json" ] && return
     $PY train.py experiment=minilm_mttl_pretrain hydra.run.dir="$PRE"
 }
 mttl_transfer() {
     while [ ! -f "$PRE/metrics.json" ]; do sleep 30; done   # written by mttl_pretrain (other stream)
+    complete multirun/minilm_mttl/transfer 18 ||
     $PY finetune.py -m pretrained="$PRE" dataset="$HELD_OUT" finetune_type=Poly,Z,MuZ $FEW \
         hydra.sweep.dir=multirun/minilm_mttl/transfer
     lora_scratch
 }
 lora_scratch() {  # LoRA from scratch on the same k-shot samples (same seeds, steps and lrs)
+    complete multirun/minilm_mttl/lora_scratch 6 ||
     $PY train.py -m experiment=minilm_glue method=lora dataset="$HELD_OUT" $FEW \
         optimizer.groups.adapters.lr=1e-3 hydra.sweep.dir=multirun/minilm_mttl/lora_scratch
+}
+
+# Soft-prompt positions in the encoder's mean pooling: the table's SST-2 cells (pool_prompt=false,
+# the default) against the same runs with the prompt positions pooled too.
+pool() {  # method, then its overrides
+    local method=$1; shift
+    complete "multirun/pool/${method}_true" 3 ||
+    $PY train.py -m experiment=minilm_glue method="$method" dataset=sst2 $SEEDS model.pool_prompt=true \
+        trainer.max_steps=300 dataset.val_fraction=0.02 "$@" hydra.sweep.dir="multirun/pool/${method}_true"
 }
 
 LORA="optimizer.groups.adapters.lr=3e-3"
@@ -61,10 +78,12 @@ PT="optimizer.groups.prompt.lr=3e-3"
 PR="optimizer.groups.prompt.lr=3e-2 optimizer.groups.router.lr=3e-2"
 FULL="optimizer.groups.backbone.lr=1e-4 optimizer.groups.head.lr=1e-3"
 
-stream_a() { table full $FULL; table prefix $PREFIX; mttl_transfer; }
-stream_b() { mttl_pretrain; table lora $LORA; table prompt_tuning $PT; }
-stream_c() { sst2_epoch; table prefix_routing $PFR; }
-stream_d() { table prompt_routing $PR; }
+# Ordered so that the MTTL transfer and the pooling comparison come first. The one-epoch SST-2 run
+# (28 minutes of one core) is left to `bash scripts/results_minilm.sh sst2_epoch`.
+stream_a() { mttl_pretrain; mttl_transfer; table full $FULL; }
+stream_b() { pool prompt_tuning $PT; pool prompt_routing $PR; table prompt_tuning $PT; }
+stream_c() { table prompt_routing $PR; table lora $LORA; }
+stream_d() { table prefix_routing $PFR; table prefix $PREFIX; }
 
 if [ $# -gt 0 ]; then "$@"; exit; fi   # e.g. bash scripts/results_minilm.sh table lora $LORA
 mkdir -p outputs
