@@ -50,7 +50,8 @@ def routing_heatmap(weights, rows: list[str], path, columns=None, xlabel="skill"
     n_tasks, n_skills = weights.shape
     columns = columns or [str(s) for s in range(n_skills)]
     small = 8 if n_tasks <= 30 else 5
-    fig = Figure(figsize=(2.5 + 0.45 * n_skills, 1.2 + (0.25 if n_tasks <= 30 else 0.12) * n_tasks),
+    labels = 0.07 * max(0, max(map(len, rows)) - 12)  # room for long row names (module paths)
+    fig = Figure(figsize=(2.5 + labels + 0.45 * n_skills, 1.2 + (0.25 if n_tasks <= 30 else 0.12) * n_tasks),
                  layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(weights, aspect="auto", cmap="viridis", vmin=0)
