@@ -145,3 +145,7 @@ def build(out, sources) -> Path:
     refuse_nonempty(Path(out))  # before loading anything
     experts, model_cfg = collect(sources)
     return write(out, experts, model_cfg)
+
+
+# prompt_tuning and prefix runs give prompt / prefix experts (registered on import)
+from mmpt.library import prompt_experts  # noqa: E402,F401

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class LibraryType:
     setup: callable        # (Library, opts, backbone, info) -> Method
-    trains: tuple = ()     # parameter groups that learn (an encoder's new head always does)
+    trains: tuple = ()     # parameter groups that learn (an encoder's new head always does), or a
+                           # function of the built method giving them (prompt_types.py: routed)
 
 
 FINETUNE_TYPES = {}
@@ -41,7 +42,7 @@ FINETUNE_TYPES = {}
 
 def library_type(name: str, trains=()):
     def register(setup):
-        FINETUNE_TYPES[name] = LibraryType(setup, tuple(trains))
+        FINETUNE_TYPES[name] = LibraryType(setup, trains if callable(trains) else tuple(trains))
         return setup
     return register
 
@@ -115,7 +116,8 @@ def prepare_library_model(lib, ftype: str, opts, task):
     model = build_model(OmegaConf.create(lib.index["model"]), None, None, n_tasks=1, tasks=[task],
                         make_method=lambda backbone, info: spec.setup(lib, opts, backbone, info))
     head = list(model.heads.parameters()) if hasattr(model, "heads") else []  # encoders: the new task's head
-    return model, restrict(model, spec.trains, head)
+    trains = spec.trains(model.method) if callable(spec.trains) else spec.trains
+    return model, restrict(model, trains, head)
 
 
 def evaluate_only(cfg, model, data, out, logger) -> dict:
@@ -158,3 +160,7 @@ def finetune_library(cfg) -> dict:
         groups = run_cfg.optimizer.get("groups") or {}
         run_cfg.optimizer.groups = {k: v for k, v in groups.items() if k in chosen or k not in GROUP_NAMES}
     return fit_and_test(run_cfg, model, data, out, logger)
+
+
+# prompt and prefix experts: `routed`, and `uniform` for their kinds (registered on import)
+from mmpt.library import prompt_types  # noqa: E402,F401
