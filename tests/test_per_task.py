@@ -180,3 +180,13 @@ def test_per_task_prompts_are_refused_by_the_peft_export_and_bad_values_name_the
         make("t5", "prefix", per_task="yes")
     with pytest.raises(ValueError, match="outside"):
         model.score(mixed_batch(model, task_ids=(0, 3)))
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_finetuning_a_per_task_run_on_a_new_task_points_to_the_library(method):
+    """Per-task rows have none for a held-out task: refused instead of silently using task 0's."""
+    from mmpt.finetune import route_new_task
+
+    assert route_new_task(make("t5", method, per_task=False).method, "new_row", "F") == 0  # shared: as before
+    with pytest.raises(ConfigError, match="library=<dir> finetune_type=routed"):
+        route_new_task(make("t5", method).method, "new_row", "F")

@@ -28,3 +28,14 @@ def select_rows(table: torch.Tensor, batch) -> torch.Tensor:
     if ids.numel() and (ids.min() < 0 or ids.max() >= table.shape[0]):
         raise ValueError(f"task ids {ids.unique().tolist()} outside the {table.shape[0]} per-task rows")
     return table[ids]
+
+
+def new_task_id(method) -> int:
+    """finetune.py pretrained=<run> gives a held-out task the id this returns (`add_task`): 0 for a
+    shared prompt / prefix, which every id reads. Per-task rows have none for a new task, and
+    taking task 0's would be silent: refused, pointing to the library."""
+    if method.per_task:
+        raise ConfigError("pretrained", f"this {method.cfg.name} run has one row per task (method.per_task=true) "
+                          "and none for a new task: build a library of them (python -m mmpt.library build) "
+                          "and fine-tune with library=<dir> finetune_type=routed or uniform")
+    return 0

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mmpt.methods.base import PLACEMENTS, Method, choose, positive
-from mmpt.methods.per_task import per_task_rows, select_rows
+from mmpt.methods.per_task import new_task_id, per_task_rows, select_rows
 from mmpt.methods.prefix_attention import table_to_state
 
 
@@ -40,3 +40,6 @@ class Prefix(Method):
 
     def param_groups(self):
         return {"prefix": [self.prefix]}
+
+    def add_task(self) -> int:
+        return new_task_id(self)

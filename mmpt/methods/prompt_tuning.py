@@ -9,7 +9,7 @@ from torch import nn
 from mmpt.errors import ConfigError
 from mmpt.export.mapping import PeftMapping, Slot, not_expressible
 from mmpt.methods.base import Method, positive
-from mmpt.methods.per_task import PER_TASK_WHY_NOT, per_task_rows, select_rows
+from mmpt.methods.per_task import PER_TASK_WHY_NOT, new_task_id, per_task_rows, select_rows
 
 
 def prepend(embeds, mask, prompt):
@@ -73,6 +73,9 @@ class PromptTuning(Method):
 
     def param_groups(self):
         return {"prompt": [self.prompt]}
+
+    def add_task(self) -> int:
+        return new_task_id(self)
 
     def peft_mapping(self):
         if self.per_task:
