@@ -236,7 +236,7 @@ def test_prototypes_and_merges_are_cached_and_reused(lib, monkeypatch):
 @pytest.mark.parametrize("ftype", [t for t in lib_finetune.FINETUNE_TYPES if t != "routed"])
 def test_each_library_type_writes_test_metrics(lib, tmp_path, ftype):
     cfg = compose_cfg([f"library={lib.path}", "dataset=cb", f"finetune_type={ftype}", "k_shot=4", "seed=0",
-                       "trainer.max_steps=2", "trainer.eval_batch_size=64", "dataset.max_length=64"],
+                       "trainer.max_steps=1", "trainer.eval_batch_size=64", "dataset.max_length=64"],
                       config_name="finetune", run_dir=tmp_path)
     metrics = finetune(cfg)
     saved = json.loads((tmp_path / "metrics.json").read_text())
