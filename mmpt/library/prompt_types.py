@@ -52,9 +52,10 @@ def routed(lib, opts, backbone, info):
         return RoutedPrompts(OmegaConf.create({"name": "library_routed", **router}), backbone, info, lib, experts,
                              dict(topk=router["topk"], perturb=router["perturb_router"],
                                   dropout=router["router_dropout"]))
-    p = experts.shape[1]
-    cfg = OmegaConf.create({"name": "library_routed", "num_virtual_tokens": p, "num_virtual_tokens_full": p * len(experts),
-                            "share_type": "none", "placement": lib.compat["placement"], **router,
+    p = experts.shape[1]  # routes of p tokens, one per expert
+    cfg = OmegaConf.create({"name": "library_routed", "num_virtual_tokens": p,
+                            "num_virtual_tokens_full": p * len(experts), "share_type": "none",
+                            "placement": lib.compat["placement"], **router,
                             "apply_adaptive_mask": o["adaptive_mask"], "apply_adaptive_subset_mask": o["adaptive_mask"],
                             "mask_init_mean": float(o["mask_init_mean"]), "mask_init_std": float(o["mask_init_std"])})
     return RoutedPrefixes(cfg, backbone, info, {"name": "input_topk", "gumbel_tau": 1.0}, lib, experts)
