@@ -257,3 +257,8 @@ def test_library_config_errors(lib, tmp_path):
         fine(lib, "arrow", top_k=0)
     with pytest.raises(ConfigError, match="experts.density"):
         fine(lib, "ties", density=1.5)
+
+
+def test_report_names_library_runs_by_type():
+    from mmpt.report.runs import method_name
+    assert method_name({"library": "libs/glue", "finetune_type": "ties", "dataset": {"name": "rte"}}) == "library/ties"
