@@ -156,6 +156,9 @@ def prepare_model(pre, best, ftype: str, new_task=None):
 
 def finetune(cfg) -> dict:
     validate_trainer(cfg.trainer)
+    if cfg.get("library"):  # reuse a library of experts (mmpt/library) instead of one pretrained run
+        from mmpt.library.finetune import finetune_library
+        return finetune_library(cfg)
     if cfg.get("finetune_type") not in TYPES:
         raise ConfigError("finetune_type", f"expected one of {list(TYPES)}, got {cfg.get('finetune_type')!r}")
     if not isinstance(cfg.get("seed"), int):

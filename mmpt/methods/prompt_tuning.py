@@ -1,10 +1,15 @@
-"""Prompt tuning (Lester et al. 2021): soft tokens prepended to the encoder input embeddings."""
+"""Prompt tuning (Lester et al. 2021): soft tokens prepended to the encoder input embeddings.
+
+`per_task: true` keeps one prompt per task id ([n_tasks, P, d]) and gives each example of a
+mixed-task batch its own task's prompt (mmpt/methods/per_task.py).
+"""
 import torch
 from torch import nn
 
 from mmpt.errors import ConfigError
-from mmpt.export.mapping import PeftMapping, Slot
+from mmpt.export.mapping import PeftMapping, Slot, not_expressible
 from mmpt.methods.base import Method, positive
+from mmpt.methods.per_task import PER_TASK_WHY_NOT, new_task_id, per_task_rows, select_rows
 
 
 def prepend(embeds, mask, prompt):
@@ -53,18 +58,28 @@ class PromptTuning(Method):
     def __init__(self, cfg, backbone, info):
         super().__init__(cfg, backbone, info)
         n = positive(cfg, "num_virtual_tokens")
-        self.prompt = nn.Parameter(init_tokens(n, backbone.get_input_embeddings(), cfg.get("init", "vocab"),
-                                               info.get("tokenizer")))
+        self.per_task = per_task_rows(cfg, info)  # None: one prompt shared by every task
+        rows = self.per_task or 1
+        tokens = init_tokens(n * rows, backbone.get_input_embeddings(), cfg.get("init", "vocab"),
+                             info.get("tokenizer"))
+        # [P, d] (the single-prompt layout every earlier checkpoint has) or [n_tasks, P, d]
+        self.prompt = nn.Parameter(tokens.view(rows, n, -1) if self.per_task else tokens)
 
     def prepare(self, batch, backbone):
         embeds = backbone.get_input_embeddings()(batch["input_ids"])
-        embeds, mask = prepend(embeds, batch["attention_mask"], self.prompt[None])
+        prompt = select_rows(self.prompt, batch) if self.per_task else self.prompt[None]
+        embeds, mask = prepend(embeds, batch["attention_mask"], prompt)
         return {"inputs_embeds": embeds, "attention_mask": mask}, {}
 
     def param_groups(self):
         return {"prompt": [self.prompt]}
 
+    def add_task(self) -> int:
+        return new_task_id(self)
+
     def peft_mapping(self):
+        if self.per_task:
+            raise not_expressible(self.cfg.name, PER_TASK_WHY_NOT)
         # num_transformer_submodules=1: the prompt goes before the encoder input only (PEFT's
         # seq2seq default of 2 would also prepend a second prompt to the decoder input).
         n, d = self.prompt.shape

@@ -12,11 +12,13 @@ from mmpt.models.backbone import fill_targets, load_backbone
 from mmpt.models.seq2seq import Seq2SeqModel
 
 
-def build_model(model_cfg, method_cfg, router_cfg=None, n_tasks: int = 1, tasks=None):
+def build_model(model_cfg, method_cfg, router_cfg=None, n_tasks: int = 1, tasks=None, make_method=None):
     """Method parameters are initialised from the global RNG: seed it first (transformers.set_seed).
 
     n_tasks: how many task ids the data has (rows of task-conditioned routing tables).
     tasks: the Task of each task id; encoder backbones build one head per task from it.
+    make_method: (backbone, info) -> method, instead of the method_cfg's registered method (an
+    expert library's methods: mmpt/library/finetune.py).
     """
     from mmpt.methods import build_method  # methods import models.seq2seq helpers
 
@@ -29,7 +31,7 @@ def build_model(model_cfg, method_cfg, router_cfg=None, n_tasks: int = 1, tasks=
         family = causal if causal.is_causal_lm(backbone) else encoder
     info = {"sites": family.tag_sites(backbone), **family.shapes(backbone), "n_tasks": n_tasks,
             "tokenizer": tokenizer}  # prompt init=vocab copies embeddings of its word tokens
-    method = build_method(method_cfg, backbone, info, router_cfg)
+    method = make_method(backbone, info) if make_method else build_method(method_cfg, backbone, info, router_cfg)
     if family is not encoder:
         return family.wrap(backbone, tokenizer, method)
     if not tasks:

@@ -43,20 +43,24 @@ def task_names(run_dir, n_rows: int) -> list[str]:
     return names if len(names) == n_rows else [f"task {i}" for i in range(n_rows)]
 
 
-def routing_heatmap(weights, rows: list[str], path) -> Path:
-    """weights: [tasks, skills] array of mean routing shares."""
+def routing_heatmap(weights, rows: list[str], path, columns=None, xlabel="skill", ylabel=None,
+                    title="task x skill allocation\n(mean over selectors and splits)", label="routing weight") -> Path:
+    """weights: [tasks, skills] array of mean routing shares (or any rows x columns shares: the
+    library's layers x experts, with their labels)."""
     n_tasks, n_skills = weights.shape
+    columns = columns or [str(s) for s in range(n_skills)]
     small = 8 if n_tasks <= 30 else 5
-    fig = Figure(figsize=(2.5 + 0.45 * n_skills, 1.2 + (0.25 if n_tasks <= 30 else 0.12) * n_tasks),
+    labels = 0.07 * max(0, max(map(len, rows)) - 12)  # room for long row names (module paths)
+    fig = Figure(figsize=(2.5 + labels + 0.45 * n_skills, 1.2 + (0.25 if n_tasks <= 30 else 0.12) * n_tasks),
                  layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(weights, aspect="auto", cmap="viridis", vmin=0)
-    ax.set_xticks(range(n_skills), [str(s) for s in range(n_skills)], fontsize=small)
+    ax.set_xticks(range(n_skills), columns, fontsize=small, rotation=90 if max(map(len, columns)) > 3 else 0)
     ax.set_yticks(range(n_tasks), rows, fontsize=small)
-    ax.set_xlabel("skill")
-    ax.set_ylabel("task / template" if any("/" in r for r in rows) else "task")
-    ax.set_title("task x skill allocation\n(mean over selectors and splits)", fontsize=8)
-    fig.colorbar(image, ax=ax, label="routing weight")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel or ("task / template" if any("/" in r for r in rows) else "task"))
+    ax.set_title(title, fontsize=8)
+    fig.colorbar(image, ax=ax, label=label)
     path = Path(path)
     fig.savefig(path, dpi=100)
     return path

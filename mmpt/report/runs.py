@@ -75,9 +75,11 @@ def _hydra_files(run: Path, root: Path) -> tuple[dict | None, dict]:
 
 
 def method_name(cfg: dict, cwd=".") -> str:
-    """The method's name; finetune.py runs have none of their own: their pre-trained run's, and
-    the fine-tuning type (e.g. poly_lora/Z)."""
+    """The method's name; finetune.py runs have none of their own: their pre-trained run's (or
+    `library`), and the fine-tuning type (e.g. poly_lora/Z, library/arrow)."""
     name = (cfg.get("method") or {}).get("name")
+    if name is None and cfg.get("library"):  # finetune.py library=DIR: e.g. library/arrow
+        name = "library"
     if name is None and cfg.get("pretrained"):
         pre = _pretrained_config(cfg["pretrained"], cwd) or {}
         name = (pre.get("method") or {}).get("name")

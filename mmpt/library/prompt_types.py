@@ -1,0 +1,79 @@
+"""The library finetune types for prompt and prefix experts (mmpt/library/prompt_experts.py).
+
+routed   the SMoP / MMPT input router over the library's frozen prompts (router trains) or
+         prefixes (router and adaptive masks train); options in `experts.route_*` / `experts.mask_*`
+uniform  the experts' mean prompt / prefix, frozen (zero-shot on text-to-text backbones); a LoRA
+         library keeps the LoRA `uniform` of finetune.py (the type dispatches on the library's kind)
+Encoder backbones also train the new task's head, as in every library type.
+"""
+from omegaconf import OmegaConf
+
+from mmpt.errors import ConfigError
+from mmpt.library.finetune import FINETUNE_TYPES, library_type, option
+from mmpt.library.prompt_experts import (KINDS, FixedPrefix, FixedPrompt, RoutedPrefixes, RoutedPrompts,
+                                         stack)
+
+# experts.<key> defaults: SMoP's / the MMPT reference's router (conf/router/input_topk.yaml) and
+# masks (conf/method/prefix_routing.yaml); conf/finetune.yaml lists the same
+ROUTED = {"route_topk": 1, "perturb_router": True, "router_dropout": 0.2,
+          "adaptive_mask": True, "mask_init_mean": 2.5, "mask_init_std": 0.5}
+
+
+def routed_options(opts, n_experts: int) -> dict:
+    """The routed type's `experts.*` options, checked (each error names its key)."""
+    opts = {**ROUTED, **{k: v for k, v in dict(opts).items() if k in ROUTED and v is not None}}
+    number = lambda v: isinstance(v, (int, float))
+    option(opts, "route_topk", lambda v: isinstance(v, int) and 1 <= v <= n_experts,
+           f"an integer in [1, {n_experts}] (the library's experts)")
+    for key in ("perturb_router", "adaptive_mask"):  # option() refuses booleans: it checks numbers
+        if not isinstance(opts[key], bool):
+            raise ConfigError(f"experts.{key}", f"expected true or false, got {opts[key]!r}")
+    option(opts, "router_dropout", lambda v: number(v) and 0 <= v < 1, "a probability in [0, 1)")
+    option(opts, "mask_init_mean", number, "a number")
+    option(opts, "mask_init_std", lambda v: number(v) and v >= 0, "a number >= 0")
+    return opts
+
+
+def _routed_trains(method) -> tuple:
+    """What learns: the groups the routed method has parameters in (no router with one prefix
+    expert, no mask with experts.adaptive_mask=false)."""
+    return tuple(name for name, params in method.param_groups().items() if params)
+
+
+def routed(lib, opts, backbone, info):
+    if lib.kind not in KINDS:
+        raise ConfigError("finetune_type", f"routed routes prompt or prefix experts; library {lib.path} holds "
+                          f"{lib.kind} experts (use arrow, uniform, ties, weighted or library_poly)")
+    experts = stack(lib)
+    o = routed_options(opts, len(experts))
+    router = {"topk": o["route_topk"], "perturb_router": o["perturb_router"],
+              "router_dropout": float(o["router_dropout"]), "gumbel": False}
+    if lib.kind == "prompt":
+        return RoutedPrompts(OmegaConf.create({"name": "library_routed", **router}), backbone, info, lib, experts,
+                             dict(topk=router["topk"], perturb=router["perturb_router"],
+                                  dropout=router["router_dropout"]))
+    p = experts.shape[1]  # routes of p tokens, one per expert
+    cfg = OmegaConf.create({"name": "library_routed", "num_virtual_tokens": p,
+                            "num_virtual_tokens_full": p * len(experts), "share_type": "none",
+                            "placement": lib.compat["placement"], **router,
+                            "apply_adaptive_mask": o["adaptive_mask"], "apply_adaptive_subset_mask": o["adaptive_mask"],
+                            "mask_init_mean": float(o["mask_init_mean"]), "mask_init_std": float(o["mask_init_std"])})
+    return RoutedPrefixes(cfg, backbone, info, {"name": "input_topk", "gumbel_tau": 1.0}, lib, experts)
+
+
+library_type("routed", trains=_routed_trains)(routed)
+
+_lora_uniform = FINETUNE_TYPES["uniform"]
+
+
+@library_type("uniform", trains=_lora_uniform.trains)
+def uniform(lib, opts, backbone, info):
+    """The mean prompt / prefix of a prompt or prefix library (cached in it); else LoRA's uniform."""
+    if lib.kind not in KINDS:
+        return _lora_uniform.setup(lib, opts, backbone, info)
+    mean = lib.cached(f"uniform_{lib.kind}", lambda: {"mean": stack(lib).double().mean(0).float()})["mean"]
+    cfg = OmegaConf.create({"name": "library_uniform"})
+    if lib.kind == "prompt":
+        return FixedPrompt(cfg, backbone, info, lib, mean)
+    return FixedPrefix(cfg, backbone, info, lib, mean)
+
