@@ -20,6 +20,7 @@ from mmpt.engine import checkpoint
 from mmpt.experiment import load_data, train
 from mmpt.export import peft_format
 from mmpt.export.__main__ import export, push
+from mmpt.export.importer import init_from
 from mmpt.export.mapping import ExportError
 from mmpt.export.runs import load_run
 from mmpt.models import build_model, load_backbone
@@ -233,7 +234,7 @@ def test_training_goes_on_from_an_imported_adapter(lora_run, tmp_path):
     first batch (not a fresh adapter's), and training moves the weights and lowers the loss."""
     no_dropout = ["model.dropout=0", "method.dropout=0"]  # so that the first loss can be recomputed
     run(tmp_path / "on", LORA_ARGS, *no_dropout, f"init_from=peft:{lora_run / 'peft'}",
-        "trainer.max_steps=12", "trainer.eval_every=12")
+        "trainer.max_steps=8", "trainer.eval_every=8")
     losses = train_losses(tmp_path / "on")
     cfg = OmegaConf.load(tmp_path / "on" / ".hydra" / "config.yaml")
     set_seed(cfg.seed)
@@ -248,7 +249,7 @@ def test_training_goes_on_from_an_imported_adapter(lora_run, tmp_path):
     trained = load_file(tmp_path / "on" / "checkpoints" / "best" / "trainable.safetensors")
     assert exported.keys() == trained.keys()
     assert all((trained[k] - exported[k]).abs().max() > 1e-3 for k in trained)
-    assert len(losses) == 12 and sum(losses[-4:]) < sum(losses[:4]) - 0.5, losses
+    assert len(losses) == 8 and sum(losses[-4:]) < sum(losses[:4]) - 0.5, losses
 
 
 @pytest.mark.parametrize("over, key", [
@@ -333,6 +334,30 @@ def test_gpt2_prefix_differs_from_peft_by_the_shifted_positions():
     assert max_diff(*both()) <= 1e-5
     with pytest.raises(ExportError, match="learned absolute positions"):
         peft_format.tensors(ours.method.peft_mapping(), ours.backbone)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_a_prefix_trained_with_peft_imports_where_peft_computes_mmpts_prefix(tmp_path, arch):
+    """A prefix adapter PEFT itself wrote: on Llama (RoPE) init_from rotates its keys back and mmpt
+    then computes PEFT's outputs; on GPT-2 (learned positions) it is refused with the reason."""
+    cfg = compose_cfg([f"model={CAUSAL[arch]}", "method=prefix", "method.num_virtual_tokens=3", "dataset=cb",
+                       f"init_from=peft:{tmp_path / 'peft'}"], run_dir=tmp_path / "run")
+    base = load_backbone(cfg.model)[0]
+    theirs = get_peft_model(base, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)).eval()
+    with torch.no_grad():
+        theirs.prompt_encoder["default"].embedding.weight.normal_()
+    theirs.peft_config["default"].base_model_name_or_path = "base_model"
+    theirs.save_pretrained(tmp_path / "peft")
+    base.save_pretrained(tmp_path / "peft" / "base_model")
+    if arch == "gpt2":
+        with pytest.raises(ConfigError, match="init_from.*learned absolute positions"):
+            train(cfg)
+        return
+    set_seed(cfg.seed)
+    ours = build_model(cfg.model, cfg.method, n_tasks=1).eval()
+    init_from(cfg.init_from, ours, cfg.model, None)
+    ids, mask, dec = inputs()
+    assert max_diff(mmpt_out(ours, ids, mask, dec), plain_out(theirs, ids, mask, dec)) <= 1e-5
 
 
 @pytest.mark.parametrize("model, method, why", [

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from mmpt.errors import ConfigError
 from mmpt.export import head, peft_format
+from mmpt.export.mapping import ExportError
 from mmpt.export.runs import base_name
 from mmpt.methods.adapters import Wrapped
 
@@ -87,7 +88,10 @@ def load_tensors(tensors: dict, mapping, where, backbone) -> None:
         if tensors[key].shape != want:
             raise ConfigError("init_from", f"{where}: `{key}` has shape {list(tensors[key].shape)}, "
                               f"this run's is {list(want)}")
-        value = slot.from_peft(peft_format.decode(tensors[key], mapping, backbone))
+        try:
+            value = slot.from_peft(peft_format.decode(tensors[key], mapping, backbone))
+        except ExportError as e:  # PEFT's prefix cannot mean mmpt's on this backbone
+            raise ConfigError("init_from", f"{where}: {e}") from None
         seen = values.setdefault(id(slot.param), (slot.param, value))[1]
         if not torch.equal(seen, value):  # one mmpt parameter under several keys (shared selectors)
             raise ConfigError("init_from", f"{where}: `{key}` differs from the other keys this run shares "

@@ -42,15 +42,11 @@ def _rope(backbone):
     return rope, apply
 
 
-def check(backbone) -> None:
-    """Refuse (ExportError) where PEFT's prefix cannot compute mmpt's."""
-    _rope(backbone)
-
-
 @torch.no_grad()
 def convert(table: torch.Tensor, backbone, config: dict, inverse: bool = False) -> torch.Tensor:
     """mmpt's prefix table -> PEFT's prompt_embeddings (inverse: back). Both are laid out
-    [P, layer, key|value, key/value head, d_head]; only the keys change (rotated to position P)."""
+    [P, layer, key|value, key/value head, d_head]; only the keys change (rotated to position P).
+    ExportError where PEFT's cache prefix cannot compute mmpt's prefix on this backbone."""
     rope, apply = _rope(backbone)
     p, layers, heads = config["num_virtual_tokens"], config["num_layers"], config["num_attention_heads"]
     kv = table.float().reshape(p, layers, 2, heads, config["token_dim"] // heads).clone()
