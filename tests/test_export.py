@@ -295,7 +295,7 @@ def test_t5_prefix_differs_from_peft_by_the_position_bias_of_its_keys():
     two layers' prefixes equal, mmpt and PEFT agree exactly when the decoder's bias table is zero
     (which no trained T5 has), and not otherwise."""
     ours, theirs, table = prefix_twins("t5_tiny", "SEQ_2_SEQ_LM")
-    p, width = table.shape
+    p = table.shape[0]
     with torch.no_grad():  # L = 2: layer 1 reads layer 0's slots in PEFT, so make mmpt's equal
         prefix = ours.method.prefix.view(p, 2, -1)
         prefix[:, 1] = prefix[:, 0]
