@@ -29,7 +29,8 @@ def export(run_dir, fmt: str, out, task_id: int = 0) -> Path:
     cfg, model = load_run(run_dir)
     # Everything that can refuse runs before the first file is written.
     if fmt == "peft":
-        model.method.peft_mapping()
+        mapping = model.method.peft_mapping()
+        weights = peft_format.tensors(mapping, model.backbone)
     else:
         backbone = merged.merge(model, task_id)
     tmp = out.with_name(out.name + ".tmp")
@@ -37,7 +38,7 @@ def export(run_dir, fmt: str, out, task_id: int = 0) -> Path:
     tmp.mkdir(parents=True)
     if fmt == "peft":
         base = base_name(cfg.model) or save_base(cfg.model, tmp)
-        peft_format.write(model, tmp, base)
+        peft_format.write(tmp, mapping, weights, model.backbone, base)
     else:
         backbone.save_pretrained(tmp)
         model.tokenizer.save_pretrained(tmp)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from mmpt.errors import ConfigError
 from mmpt.export import head, peft_format
+from mmpt.export.mapping import ExportError
 from mmpt.export.runs import base_name
 from mmpt.methods.adapters import Wrapped
 
@@ -23,8 +24,10 @@ METHOD_OF = {"LORA": "lora", "IA3": "ia3", "PROMPT_TUNING": "prompt_tuning", "PR
 # PEFT config field -> the mmpt key that sets it (for the error message)
 KEY_OF = {"r": "method.rank", "lora_alpha": "method.alpha", "num_virtual_tokens": "method.num_virtual_tokens",
           "n_skills": "method.n_skills", "n_splits": "method.n_splits", "n_tasks": "dataset (its number of tasks)",
-          "token_dim": "model", "num_layers": "model", "num_attention_heads": "model"}
-NOT_COMPARED = {"peft_type", "target_modules", "lora_dropout"}  # modules: checked through the tensor keys
+          "token_dim": "model", "num_layers": "model", "num_attention_heads": "model",
+          "num_transformer_submodules": "model"}
+# modules: checked through the tensor keys; fan_in_fan_out: PEFT sets it from the layer type itself
+NOT_COMPARED = {"peft_type", "target_modules", "lora_dropout", "fan_in_fan_out"}
 
 
 def _norm(v):
@@ -73,7 +76,7 @@ def check_base(config: dict, where: Path, model_cfg, backbone) -> None:
                           f"{mine or model_cfg.get('build')!r}")
 
 
-def load_tensors(tensors: dict, mapping, where) -> None:
+def load_tensors(tensors: dict, mapping, where, backbone) -> None:
     slots = peft_format.peft_keys(mapping)
     extra, missing = sorted(set(tensors) - set(slots)), sorted(set(slots) - set(tensors))
     if extra or missing:
@@ -85,7 +88,10 @@ def load_tensors(tensors: dict, mapping, where) -> None:
         if tensors[key].shape != want:
             raise ConfigError("init_from", f"{where}: `{key}` has shape {list(tensors[key].shape)}, "
                               f"this run's is {list(want)}")
-        value = slot.from_peft(tensors[key])
+        try:
+            value = slot.from_peft(peft_format.decode(tensors[key], mapping, backbone))
+        except ExportError as e:  # PEFT's prefix cannot mean mmpt's on this backbone
+            raise ConfigError("init_from", f"{where}: {e}") from None
         seen = values.setdefault(id(slot.param), (slot.param, value))[1]
         if not torch.equal(seen, value):  # one mmpt parameter under several keys (shared selectors)
             raise ConfigError("init_from", f"{where}: `{key}` differs from the other keys this run shares "
@@ -104,7 +110,7 @@ def init_from(spec, model, model_cfg, tasks) -> None:
     mapping = model.method.peft_mapping()
     check_config(config, mapping, model.method.cfg.name, where)
     check_base(config, where, model_cfg, model.backbone)
-    load_tensors(tensors, mapping, where)
+    load_tensors(tensors, mapping, where, model.backbone)
     if head.has_heads(model) and not head.load(model, tasks, where):
         log.warning("%s has no %s: the task heads start untrained", where, head.WEIGHTS)
     log.info("init_from: loaded the PEFT adapter %s", where)

@@ -9,9 +9,10 @@ import contextlib
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from mmpt.export.mapping import ExportError
-from mmpt.methods.adapters import Wrapped
+from mmpt.methods.adapters import Wrapped, dims
 from mmpt.methods.prefix_attention import ATTN_NAME
 
 # Groups whose parameters live in (or fold into) the backbone's Linear weights
@@ -19,13 +20,18 @@ FOLDABLE = {"adapters", "routing", "backbone"}
 
 
 @torch.no_grad()
-def fold(layer: Wrapped) -> nn.Linear:
+def fold(layer: Wrapped) -> nn.Module:
+    """The layer's map as a module of its base's kind (nn.Linear, or GPT-2's Conv1D: weight [in, out])."""
     base = layer.base
-    d_in = base.in_features
+    d_in, d_out = dims(base)
     probe = torch.cat([torch.zeros(1, d_in), torch.eye(d_in)]).to(base.weight)[None]  # [1, 1 + d_in, d_in]
     out = layer(probe)[0]
-    bias, weight = out[0], (out[1:] - out[0]).T
-    merged = nn.Linear(d_in, base.out_features, bias=base.bias is not None).to(base.weight)
+    bias, weight = out[0], (out[1:] - out[0]).T  # weight: [d_out, d_in]
+    if isinstance(base, Conv1D):
+        merged = Conv1D(d_out, d_in).to(base.weight)
+        weight = weight.T
+    else:
+        merged = nn.Linear(d_in, d_out, bias=base.bias is not None).to(base.weight)
     merged.weight.copy_(weight)
     if base.bias is not None:
         merged.bias.copy_(bias)

@@ -15,6 +15,11 @@ from mmpt.errors import ConfigError
 ADAPTABLE = (nn.Linear, Conv1D)
 
 
+def transposed(layers) -> bool:
+    """Whether the wrapped layers are Conv1D (PEFT's `fan_in_fan_out`: weights stored [in, out])."""
+    return any(isinstance(m.base, Conv1D) for m in layers)
+
+
 def dims(layer) -> tuple[int, int]:
     """(in, out) widths of an nn.Linear or a transformers Conv1D."""
     if isinstance(layer, Conv1D):

@@ -1,7 +1,7 @@
 """(IA)^3 (Liu et al. 2022): learned scales on the outputs of the Linear modules matching
 `method.target_modules` (by default keys, values and the FFN's inner projection, as in T-Few)."""
 from mmpt.export.mapping import PeftMapping, Slot
-from mmpt.methods.adapters import IA3Linear, wrap_linears
+from mmpt.methods.adapters import IA3Linear, transposed, wrap_linears
 from mmpt.methods.base import Method
 
 
@@ -18,6 +18,7 @@ class IA3(Method):
     def peft_mapping(self):
         # mmpt scales every target's output. PEFT does that for targets that are not in
         # feedforward_modules (those it scales at the input), with ia3_l of shape [d_out, 1].
-        config = {"peft_type": "IA3", "target_modules": sorted(self._named), "feedforward_modules": []}
+        config = {"peft_type": "IA3", "target_modules": sorted(self._named), "feedforward_modules": [],
+                  "fan_in_fan_out": transposed(self._layers)}
         return PeftMapping(config, {f"{name}.ia3_l": Slot(m.ia3_l, (m.ia3_l.numel(), 1))
                                     for name, m in self._named.items()})

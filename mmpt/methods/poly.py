@@ -15,7 +15,7 @@ from torch import nn
 
 from mmpt.errors import ConfigError
 from mmpt.export.mapping import PeftMapping, Slot, not_expressible
-from mmpt.methods.adapters import PolyIA3Linear, PolyLoRALinear, wrap_linears
+from mmpt.methods.adapters import PolyIA3Linear, PolyLoRALinear, transposed, wrap_linears
 from mmpt.methods.base import Method, positive
 from mmpt.routers.skills import GRANULARITIES, Average, Poly, Table, build_selector, group_key, routing_stats
 
@@ -141,6 +141,9 @@ class PolyLoRA(PolySkills):
         odd += ["fine-tuned routing rows"] * any(len(getattr(s, "frozen", ())) for s in self.selectors.values())
         if odd:
             raise not_expressible(self.cfg.name, f"{self.peft_why_not} (this run: {odd[0]})")
+        if transposed(self._layers.values()):
+            raise not_expressible(self.cfg.name, "PEFT's poly tuner adapts torch.nn.Linear layers only, and this "
+                                  "run adapts Conv1D layers (GPT-2)")
         config = {"peft_type": "POLY", "poly_type": "poly", "r": self.rank, "n_tasks": self.n_tasks,
                   "n_skills": self.n_skills, "n_splits": self.n_splits, "target_modules": sorted(self._layers)}
         tensors = {}

@@ -8,18 +8,13 @@ of a mixed-task batch gets its own task's (mmpt/methods/per_task.py).
 import torch
 from torch import nn
 
+from mmpt.export.mapping import PeftMapping, Slot, not_expressible
 from mmpt.methods.base import PLACEMENTS, Method, choose, positive
-from mmpt.methods.per_task import new_task_id, per_task_rows, select_rows
+from mmpt.methods.per_task import PER_TASK_WHY_NOT, new_task_id, per_task_rows, select_rows
 from mmpt.methods.prefix_attention import table_to_state
 
 
 class Prefix(Method):
-    # Checked on t5_tiny with placement=decoder and PEFT's seq2seq prefix layouts: outputs differ by
-    # O(10) in the logits, also with the relative position bias zeroed.
-    peft_why_not = ("PEFT passes prefixes through the model's cache, which computes something else than "
-                    "mmpt's prefix attention (there prefix keys take positions and shift the tokens' own; "
-                    "docs/differences.md)")
-
     def __init__(self, cfg, backbone, info):
         super().__init__(cfg, backbone, info)
         self.sites = self.placement_sites(choose(cfg, "placement", PLACEMENTS))
@@ -43,3 +38,18 @@ class Prefix(Method):
 
     def add_task(self) -> int:
         return new_task_id(self)
+
+    def peft_mapping(self):
+        # PEFT's prefix tuning fills the decoder's key/value cache, one [P, layer, K|V, head, d_head]
+        # table as ours; whether that cache computes what mmpt's prefix does depends on the backbone's
+        # positions, which mmpt/export/prefix_cache.py decides (and converts the keys for).
+        if self.per_task:
+            raise not_expressible(self.cfg.name, PER_TASK_WHY_NOT)
+        if any(not s.startswith("decoder.") for s in self.sites):
+            raise not_expressible(self.cfg.name, "PEFT's prefix tuning reaches the decoder's key/value cache only, and "
+                                  f"this run puts prefixes in the encoder (method.placement={self.cfg.placement})")
+        h, d = self.info["n_heads"], self.info["d_head"]
+        config = {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": self.prefix.shape[0],
+                  "num_layers": len(self.sites), "token_dim": h * d, "num_attention_heads": h,
+                  "num_transformer_submodules": 1}
+        return PeftMapping(config, {"prompt_embeddings": Slot(self.prefix)})
