@@ -175,6 +175,8 @@ def test_per_task_prompts_are_refused_by_the_peft_export_and_bad_values_name_the
     model = make("t5", "prompt_tuning")
     with pytest.raises(MMPTError, match="one batch different prompts"):
         model.method.peft_mapping()
+    with pytest.raises(MMPTError, match="one batch different prompts"):
+        make("t5", "prefix").method.peft_mapping()
     assert make("t5", "prompt_tuning", per_task=False).method.peft_mapping().config["num_virtual_tokens"] == 3
     with pytest.raises(ConfigError, match=r"method\.per_task"):
         make("t5", "prefix", per_task="yes")
