@@ -45,7 +45,8 @@ def group_key(layer: str, granularity: str) -> str:
     if granularity == "blockwise":
         return ".".join(parts[:block + 1])
     end = block + 2  # the sub-layer's name, and its index where it has one (T5's layer.0)
-    end += end < len(parts) and parts[end].isdigit()
+    if end < len(parts) and parts[end].isdigit():
+        end += 1
     return ".".join(parts[:end])
 
 
