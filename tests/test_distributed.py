@@ -1,26 +1,29 @@
 """torchrun with 2 CPU processes (gloo) trains exactly like 1 process with the same global batch
-(with dropout off: each rank draws its own dropout masks), in one run dir that only rank 0 writes."""
+(with dropout off: each rank draws its own dropout masks), in one run dir that only rank 0 writes;
+on T5 and on a causal LM (llama_tiny)."""
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from conftest import DATA, ROOT
 
-ARGS = ["model=t5_tiny", "method=prefix", "dataset=cb", "trainer.max_steps=6", "trainer.eval_every=3",
-        "trainer.log_every=1", "trainer.batch_size=8", "model.dropout=0.0", "dataset.max_length=64"]
+MODELS = {"t5_tiny": ["model.dropout=0.0"], "llama_tiny": []}  # llama_tiny has no dropout
+ARGS = ["method=prefix", "dataset=cb", "trainer.max_steps=6", "trainer.eval_every=3",
+        "trainer.log_every=1", "trainer.batch_size=8", "dataset.max_length=64"]
 
 
-def run(run_dir: str, procs: int) -> None:
+def run(run_dir: str, procs: int, model: str) -> None:
     env = {**os.environ, "MMPT_DATA_DIR": str(DATA), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
            "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}"] if procs > 1 else [sys.executable]
-    proc = subprocess.run([*launcher, "train.py", *ARGS, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    args = [f"model={model}", *MODELS[model], *ARGS, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run([*launcher, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
@@ -29,10 +32,11 @@ def read(out: Path):
     return json.loads((out / "metrics.json").read_text()), losses, load_file(out / "checkpoints/last/trainable.safetensors")
 
 
-def test_two_processes_match_one_process_in_one_run_dir(tmp_path):
-    run(str(tmp_path / "one"), 1)
+@pytest.mark.parametrize("model", list(MODELS))
+def test_two_processes_match_one_process_in_one_run_dir(tmp_path, model):
+    run(str(tmp_path / "one"), 1, model)
     # each process resolves ${now:...} itself, microseconds apart: both must use rank 0's dir
-    run(str(tmp_path / "two" / "${now:%H-%M-%S-%f}"), 2)
+    run(str(tmp_path / "two" / "${now:%H-%M-%S-%f}"), 2, model)
     (two,) = (tmp_path / "two").iterdir()
     (m1, loss1, w1), (m2, loss2, w2) = read(tmp_path / "one"), read(two)
     assert len(loss1) == len(loss2) == 6

@@ -19,6 +19,51 @@ def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     return [list(x) + [tokenizer.eos_token_id] for x in ids["input_ids"]]
 
 
+# A word that every vocabulary keeps whole: choices are tokenized as the continuation of a word.
+ANCHOR = "a"
+
+
+def is_prompt_format(tokenizer) -> bool:
+    """Set by models/causal.py on a causal LM's tokenizer: sources are encoded as prompts and
+    choices as their continuations (`encode_sources`, `encode_choices`)."""
+    return getattr(tokenizer, "mmpt_prompts", False)
+
+
+def leading_specials(tokenizer) -> list[int]:
+    """The special tokens the tokenizer puts before a text and nothing after (Llama's BOS; none
+    for GPT-2 or Qwen); [] for a tokenizer that also adds some at the end (BERT's [CLS] .. [SEP])."""
+    full = tokenizer(ANCHOR)["input_ids"]
+    plain = tokenizer(ANCHOR, add_special_tokens=False)["input_ids"]
+    n = len(full) - len(plain)
+    return list(full[:n]) if full[n:] == plain else []
+
+
+def encode_sources(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """A source is what the model reads before the answer. T5: the text, then EOS. A causal LM's
+    prompt: the tokenizer's leading special tokens, the text without trailing whitespace, and no
+    EOS (the answer continues the text; an EOS would end the document before it)."""
+    if not is_prompt_format(tokenizer):
+        return encode(tokenizer, texts, max_length)
+    lead = leading_specials(tokenizer)
+    if not texts:
+        return []
+    ids = tokenizer([t.rstrip() for t in texts], add_special_tokens=False, truncation=True,
+                    max_length=max_length - len(lead))["input_ids"]
+    return [lead + list(x) for x in ids]
+
+
+def encode_choices(tokenizer, choices: list[str], max_length: int) -> list[list[int]]:
+    """The answer choices, each ending in EOS. For a causal LM each is the continuation of the
+    prompt after a space: the ids of "a <choice>" past those of "a". So prompt ids + choice ids
+    are the ids of `prompt + " " + choice` (no tokenizer merges across a word boundary), with
+    BPE's own tokens for " yes" (not "yes") and SentencePiece's word-start mark as in running text."""
+    if not is_prompt_format(tokenizer) or not choices:
+        return encode(tokenizer, choices, max_length)
+    skip = len(tokenizer(ANCHOR, add_special_tokens=False)["input_ids"])
+    ids = tokenizer([f"{ANCHOR} {c.strip()}" for c in choices], add_special_tokens=False)["input_ids"]
+    return [list(x[skip:])[:max_length - 1] + [tokenizer.eos_token_id] for x in ids]
+
+
 class EncodedSplit(Dataset):
     """Examples tokenized once, up front. Items are dicts: input_ids (list), choices (token ids
     of every verbalizer; per item, so that tasks with different choice sets can be mixed),
@@ -37,8 +82,8 @@ class EncodedSplit(Dataset):
             raise ValueError(f"labels outside the {len(verbalizers)} verbalizers, e.g. example {bad[0]}")
         self.examples, self.verbalizers, self.task_id = examples, verbalizers, task_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.input_ids = encode(tokenizer, [ex.text for ex in examples], max_length)
-        self.choices = encode(tokenizer, verbalizers, max_target_length)
+        self.input_ids = encode_sources(tokenizer, [ex.text for ex in examples], max_length)
+        self.choices = encode_choices(tokenizer, verbalizers, max_target_length)
         self.lengths = [len(x) for x in self.input_ids]  # for length bucketing
 
     def __len__(self) -> int:

@@ -17,7 +17,7 @@ from functools import partial
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from mmpt.data.collate import collate, encode
+from mmpt.data.collate import collate, encode_choices, encode_sources
 from mmpt.data.sampler import LengthBucketBatchSampler, make_loader
 from mmpt.data.splits import load_splits
 from mmpt.data.tasks import TASKS, get_task
@@ -121,10 +121,10 @@ class MixedSplit(Dataset):
                  max_length: int, max_target_length: int):
         self.examples, self.task_ids = examples, task_ids
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.input_ids = encode(tokenizer, [ex.text for ex in examples], max_length)
+        self.input_ids = encode_sources(tokenizer, [ex.text for ex in examples], max_length)
         self.lengths = [len(x) for x in self.input_ids]
         distinct = list(dict.fromkeys(tuple(c) for c in choices))  # encode each choice set once
-        encoded = dict(zip(distinct, (encode(tokenizer, list(c), max_target_length) for c in distinct)))
+        encoded = dict(zip(distinct, (encode_choices(tokenizer, list(c), max_target_length) for c in distinct)))
         self.choices = [encoded[tuple(c)] for c in choices]
 
     def __len__(self):

@@ -6,6 +6,11 @@ prompts are prepended there), the mask, and optionally `mmpt_prefix`, whose keys
 every layer's self-attention through methods/prefix_attention.py (they carry no position: RoPE
 has already rotated the real keys when the attention function sees them).
 
+Prompt format (data/collate.py): the prompt is the source text without trailing whitespace,
+after the tokenizer's leading special tokens (Llama's BOS) and without EOS; each choice is its
+continuation after a space, tokenized as in running text, then EOS. So a prompt's ids followed by
+a choice's are the ids of `prompt + " " + choice` (+ EOS), in training, rank scoring and generation.
+
 Padding: prompts may be padded on either side, and the continuation is appended after the padded
 prompt, so pads can sit in the middle. Position ids come from the attention mask (the real tokens
 of every row are at 0..T-1 in order) and pads are masked, so padding never changes a score.
@@ -108,8 +113,9 @@ class CausalLM(TextToText):
         return -logp.sum() / (batch["labels"] != -100).sum().clamp(min=1), aux
 
     @torch.no_grad()
-    def score(self, batch):
+    def score(self, batch, length_norm: float = 0):
         """[B, C] summed log-likelihood of every choice; -inf where an example has fewer choices.
+        length_norm > 0 divides each sum by (the choice's tokens, EOS included) ** length_norm.
 
         The prompt runs once per example with a cache; the cache is repeated for the C choices,
         which are scored in one pass on top of it.
@@ -138,7 +144,10 @@ class CausalLM(TextToText):
                 h = self._states(step)
             logp = torch.cat([logp, self._head(h).log_softmax(-1)], 1)
         tok = logp.gather(-1, ids[..., None]).squeeze(-1) * valid
-        scores = tok.sum(-1).view(b, c)
+        scores = tok.sum(-1)
+        if length_norm:  # as on T5: longer choices sum more negative terms
+            scores = scores / valid.sum(-1).clamp(min=1).float() ** length_norm
+        scores = scores.view(b, c)
         return scores.masked_fill(~batch["choice_mask"], float("-inf")), aux
 
     @torch.no_grad()
@@ -171,4 +180,5 @@ class CausalLM(TextToText):
 
 def wrap(backbone, tokenizer, method) -> CausalLM:
     prefix_attention.enable(backbone)
+    tokenizer.mmpt_prompts = True  # the data layer encodes sources as prompts, choices as continuations
     return CausalLM(backbone, tokenizer, method)

@@ -13,7 +13,6 @@ buffer once a new task is appended (`add_task`), so no optimizer step, weight de
 can move them.
 """
 import abc
-import re
 
 import torch
 import torch.nn.functional as F
@@ -28,18 +27,27 @@ EPS = 1e-12
 def group_key(layer: str, granularity: str) -> str:
     """Which selector an adapted layer uses, e.g. "encoder.block.1.layer.0.SelfAttention.q" ->
     finegrained: itself; coarsegrained: "all"; coderwise: "encoder"; blockwise: "encoder.block.1";
-    layerwise: "encoder.block.1.layer.0" (one T5 sub-layer: self-attention, cross-attention or FFN)."""
+    layerwise: "encoder.block.1.layer.0" (one T5 sub-layer: self-attention, cross-attention or FFN).
+
+    Blocks are found by their index, so every family's names work: a Llama-style
+    "model.layers.1.self_attn.q_proj" is in block "model.layers.1" and sub-layer
+    "model.layers.1.self_attn" (GPT-2: "transformer.h.1" and "transformer.h.1.attn" / ".mlp")."""
     if granularity == "finegrained":
         return layer
     if granularity == "coarsegrained":
         return "all"
     if granularity == "coderwise":
         return layer.split(".")[0]
-    depth = {"blockwise": r"\.block\.\d+", "layerwise": r"\.block\.\d+\.layer\.\d+"}[granularity]
-    match = re.match(r"\w+" + depth, layer)
-    if match is None:
-        raise ConfigError("router.granularity", f"{granularity} needs T5 module names; {layer!r} has no {depth}")
-    return match.group(0)
+    parts = layer.split(".")
+    block = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+    if block is None:
+        raise ConfigError("router.granularity", f"{granularity} needs numbered blocks; {layer!r} has no block index")
+    if granularity == "blockwise":
+        return ".".join(parts[:block + 1])
+    end = block + 2  # the sub-layer's name, and its index where it has one (T5's layer.0)
+    if end < len(parts) and parts[end].isdigit():
+        end += 1
+    return ".".join(parts[:end])
 
 
 def check_ids(task_ids, n_tasks: int) -> None:
