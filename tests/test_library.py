@@ -232,7 +232,7 @@ def test_prototypes_and_merges_are_cached_and_reused(lib, monkeypatch):
         fine(lib, "ties", density=0.3)
 
 
-@pytest.mark.parametrize("ftype", list(lib_finetune.FINETUNE_TYPES))
+@pytest.mark.parametrize("ftype", lib_finetune.types_of("lora"))
 def test_each_library_type_writes_test_metrics(lib, tmp_path, ftype):
     cfg = compose_cfg([f"library={lib.path}", "dataset=cb", f"finetune_type={ftype}", "k_shot=4", "seed=0",
                        "trainer.max_steps=1", "trainer.eval_batch_size=64", "dataset.max_length=64"],
@@ -256,6 +256,7 @@ def test_library_config_errors(lib, tmp_path):
         fine(lib, "arrow", top_k=0)
     with pytest.raises(ConfigError, match="experts.density"):
         fine(lib, "ties", density=1.5)
+    assert lib_finetune.types_of("lora") == ["arrow", "uniform", "ties", "weighted", "library_poly"]
 
 
 def test_report_names_library_runs_by_type():
