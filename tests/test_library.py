@@ -181,6 +181,9 @@ def test_ties_matches_a_hand_computed_merge():
     assert torch.allclose(ties_merge(stack, 0.5, "total")["m"], torch.tensor([[3.0, 4.0, 0.0, -2.5]]))
     # density 1 trims nothing: sums [2, 0, 1.3, -0.6] -> [+, +, +, -]: means (3+1)/2, 4, (0.5+1)/2, (-0.1-2.5)/2
     assert torch.allclose(ties_merge(stack, 1.0, "total")["m"], torch.tensor([[2.0, 4.0, 0.75, -1.3]]))
+    # the elected sign of [5, -1, -1]: of the sum (total) +, of the sign count (frequency) -
+    one = {"m": (torch.tensor([[[5.0]], [[-1.0]], [[-1.0]]]), torch.ones(3, 1, 1))}
+    assert ties_merge(one, 1.0, "total")["m"].item() == 5.0 and ties_merge(one, 1.0, "frequency")["m"].item() == -1.0
 
 
 def grads_after_one_loss(model, chosen):
