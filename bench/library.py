@@ -23,7 +23,7 @@ from mmpt.data import get_task  # noqa: E402
 from mmpt.engine import checkpoint  # noqa: E402
 from mmpt.library import Library  # noqa: E402
 from mmpt.library.extract import build  # noqa: E402
-from mmpt.library.finetune import FINETUNE_TYPES, prepare_library_model  # noqa: E402
+from mmpt.library.finetune import prepare_library_model, types_of  # noqa: E402
 from mmpt.methods.adapters import Wrapped  # noqa: E402
 from mmpt.models import build_model  # noqa: E402
 
@@ -98,7 +98,7 @@ def main():
             start = time.perf_counter()
             lib = Library(build(tmp / f"lib{n}", runs[:n]))
             built = time.perf_counter() - start
-            for ftype in (t for t in FINETUNE_TYPES if t != "routed"):  # routed: prompt / prefix experts
+            for ftype in types_of("lora"):
                 times = []
                 for _ in range(2):  # the first load computes prototypes / merges, the second reads the cache
                     start = time.perf_counter()

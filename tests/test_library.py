@@ -181,6 +181,9 @@ def test_ties_matches_a_hand_computed_merge():
     assert torch.allclose(ties_merge(stack, 0.5, "total")["m"], torch.tensor([[3.0, 4.0, 0.0, -2.5]]))
     # density 1 trims nothing: sums [2, 0, 1.3, -0.6] -> [+, +, +, -]: means (3+1)/2, 4, (0.5+1)/2, (-0.1-2.5)/2
     assert torch.allclose(ties_merge(stack, 1.0, "total")["m"], torch.tensor([[2.0, 4.0, 0.75, -1.3]]))
+    # the elected sign of [5, -1, -1]: of the sum (total) +, of the sign count (frequency) -
+    one = {"m": (torch.tensor([[[5.0]], [[-1.0]], [[-1.0]]]), torch.ones(3, 1, 1))}
+    assert ties_merge(one, 1.0, "total")["m"].item() == 5.0 and ties_merge(one, 1.0, "frequency")["m"].item() == -1.0
 
 
 def grads_after_one_loss(model, chosen):
@@ -232,8 +235,7 @@ def test_prototypes_and_merges_are_cached_and_reused(lib, monkeypatch):
         fine(lib, "ties", density=0.3)
 
 
-# routed takes prompt / prefix experts (tests/test_prompt_library.py)
-@pytest.mark.parametrize("ftype", [t for t in lib_finetune.FINETUNE_TYPES if t != "routed"])
+@pytest.mark.parametrize("ftype", lib_finetune.types_of("lora"))
 def test_each_library_type_writes_test_metrics(lib, tmp_path, ftype):
     cfg = compose_cfg([f"library={lib.path}", "dataset=cb", f"finetune_type={ftype}", "k_shot=4", "seed=0",
                        "trainer.max_steps=1", "trainer.eval_batch_size=64", "dataset.max_length=64"],
@@ -257,6 +259,7 @@ def test_library_config_errors(lib, tmp_path):
         fine(lib, "arrow", top_k=0)
     with pytest.raises(ConfigError, match="experts.density"):
         fine(lib, "ties", density=1.5)
+    assert lib_finetune.types_of("lora") == ["arrow", "uniform", "ties", "weighted", "library_poly"]
 
 
 def test_report_names_library_runs_by_type():

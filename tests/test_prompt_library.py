@@ -16,7 +16,7 @@ from mmpt.errors import ConfigError
 from mmpt.experiment import head_tasks
 from mmpt.export.runs import load_run
 from mmpt.finetune import finetune
-from mmpt.library import Library, LibraryError
+from mmpt.library import Library
 from mmpt.library.__main__ import main as cli
 from mmpt.library.extract import build
 from mmpt.library.finetune import prepare_library_model
@@ -212,9 +212,9 @@ def test_prompt_library_errors(libs, tmp_path):
         fine(libs["prompt"], "routed", route_topk=3)
     with pytest.raises(ConfigError, match="experts.mask_init_std"):
         fine(libs["prefix"], "routed", mask_init_std=-1)
-    with pytest.raises(LibraryError, match="holds prompt experts; this needs LoRA experts"):
+    with pytest.raises(ConfigError, match=r"finetune_type.*prompt experts takes one of \['routed', 'uniform'\], got 'arrow'"):
         fine(libs["prompt"], "arrow", top_k=1, temperature=1.0)
     lora = Library(build(tmp_path / "lora", [make_run(tmp_path / "run", "lora")]))
-    with pytest.raises(ConfigError, match="finetune_type.*routed routes prompt or prefix experts"):
+    with pytest.raises(ConfigError, match="finetune_type.*lora experts takes one of .*got 'routed'"):
         fine(lora, "routed")
 

@@ -1,10 +1,11 @@
 """finetune.py library=DIR: reuse a library's experts on a held-out task.
 
-FINETUNE_TYPES maps finetune_type to a LibraryType: `setup(library, opts, backbone, info)` returns
-the method wrapping a fresh backbone (opts: the `experts` config block), and `trains` names the
-parameter groups that learn. Encoder backbones always train a new head for the task; a type that
-trains nothing on a text-to-text backbone is evaluated as it is (zero-shot: no training loop).
-Another type joins with `@library_type("name", trains=(...))` in any module this one imports.
+FINETUNE_TYPES maps (kind of the library's experts, finetune_type) to a LibraryType:
+`setup(library, opts, backbone, info)` returns the method wrapping a fresh backbone (opts: the
+`experts` config block), and `trains` names the parameter groups that learn. Encoder backbones
+always train a new head for the task; a type that trains nothing on a text-to-text backbone is
+evaluated as it is (zero-shot: no training loop). Another type, or the same type for another kind
+of expert, joins with `@library_type("name", trains=(...), kind="...")` in any module this one imports.
 """
 import logging
 import re
@@ -40,11 +41,15 @@ class LibraryType:
 FINETUNE_TYPES = {}
 
 
-def library_type(name: str, trains=()):
+def library_type(name: str, trains=(), kind: str = "lora"):
     def register(setup):
-        FINETUNE_TYPES[name] = LibraryType(setup, trains if callable(trains) else tuple(trains))
+        FINETUNE_TYPES[(kind, name)] = LibraryType(setup, trains if callable(trains) else tuple(trains))
         return setup
     return register
+
+
+def types_of(kind: str) -> list:
+    return [name for k, name in FINETUNE_TYPES if k == kind]
 
 
 def option(opts, key: str, ok, expected: str):
@@ -112,7 +117,10 @@ def library_poly(lib, opts, backbone, info):
 
 def prepare_library_model(lib, ftype: str, opts, task):
     """(model, {group: parameters trained}) of a library finetune_type for `task` (task id 0)."""
-    spec = FINETUNE_TYPES[ftype]
+    if (lib.kind, ftype) not in FINETUNE_TYPES:
+        raise ConfigError("finetune_type", f"a library of {lib.kind} experts takes one of {types_of(lib.kind)}, "
+                          f"got {ftype!r}")
+    spec = FINETUNE_TYPES[(lib.kind, ftype)]
     model = build_model(OmegaConf.create(lib.index["model"]), None, None, n_tasks=1, tasks=[task],
                         make_method=lambda backbone, info: spec.setup(lib, opts, backbone, info))
     head = list(model.heads.parameters()) if hasattr(model, "heads") else []  # encoders: the new task's head
@@ -135,12 +143,12 @@ def evaluate_only(cfg, model, data, out, logger) -> dict:
 
 
 def finetune_library(cfg) -> dict:
-    ftype = cfg.get("finetune_type")
-    if ftype not in FINETUNE_TYPES:
-        raise ConfigError("finetune_type", f"with library= expected one of {list(FINETUNE_TYPES)}, got {ftype!r}")
     if cfg.get("pretrained"):
         raise ConfigError("library", "set pretrained= (a train.py run) or library= (a library), not both")
-    lib = Library(cfg.library)
+    lib, ftype = Library(cfg.library), cfg.get("finetune_type")
+    if (lib.kind, ftype) not in FINETUNE_TYPES:  # before the run dir is made
+        raise ConfigError("finetune_type", f"a library of {lib.kind} experts takes one of {types_of(lib.kind)}, "
+                          f"got {ftype!r}")
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     with open_dict(cfg):

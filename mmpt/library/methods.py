@@ -6,6 +6,7 @@ derived from them (Arrow prototypes, merged updates) is computed once per librar
 its directory (Library.cached).
 """
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -45,18 +46,10 @@ def ties_merge(stack: dict, density: float, majority_sign: str) -> dict:
     out = {}
     for m, (A, B) in stack.items():
         deltas = torch.einsum("eor,eri->eoi", B.double(), A.double())
-        if density < 1:
+        with warnings.catch_warnings():  # density 1 keeps every entry; PEFT warns that it does
+            warnings.simplefilter("ignore", UserWarning)
             out[m] = ties(list(deltas), torch.ones(len(deltas), dtype=deltas.dtype), density, majority_sign).float()
-        else:
-            out[m] = _ties_untrimmed(deltas, majority_sign).float()
     return out
-
-
-def _ties_untrimmed(deltas, majority_sign):
-    """density 1: elect and merge without trimming (PEFT's prune warns and skips at density >= 1)."""
-    total = deltas.sum(0) if majority_sign == "total" else deltas.sign().sum(0)
-    agree = deltas.sign() == torch.where(total >= 0, 1.0, -1.0).to(deltas)
-    return (deltas * agree).sum(0) / agree.sum(0).clamp(min=1)
 
 
 # -- layers --

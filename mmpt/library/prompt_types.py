@@ -3,13 +3,13 @@
 routed   the SMoP / MMPT input router over the library's frozen prompts (router trains) or
          prefixes (router and adaptive masks train); options in `experts.route_*` / `experts.mask_*`
 uniform  the experts' mean prompt / prefix, frozen (zero-shot on text-to-text backbones); a LoRA
-         library keeps the LoRA `uniform` of finetune.py (the type dispatches on the library's kind)
+         library's `uniform` is finetune.py's (types are registered per kind of expert)
 Encoder backbones also train the new task's head, as in every library type.
 """
 from omegaconf import OmegaConf
 
 from mmpt.errors import ConfigError
-from mmpt.library.finetune import FINETUNE_TYPES, library_type, option
+from mmpt.library.finetune import library_type, option
 from mmpt.library.prompt_experts import (KINDS, FixedPrefix, FixedPrompt, RoutedPrefixes, RoutedPrompts,
                                          stack)
 
@@ -41,9 +41,6 @@ def _routed_trains(method) -> tuple:
 
 
 def routed(lib, opts, backbone, info):
-    if lib.kind not in KINDS:
-        raise ConfigError("finetune_type", f"routed routes prompt or prefix experts; library {lib.path} holds "
-                          f"{lib.kind} experts (use arrow, uniform, ties, weighted or library_poly)")
     experts = stack(lib)
     o = routed_options(opts, len(experts))
     router = {"topk": o["route_topk"], "perturb_router": o["perturb_router"],
@@ -61,19 +58,15 @@ def routed(lib, opts, backbone, info):
     return RoutedPrefixes(cfg, backbone, info, {"name": "input_topk", "gumbel_tau": 1.0}, lib, experts)
 
 
-library_type("routed", trains=_routed_trains)(routed)
-
-_lora_uniform = FINETUNE_TYPES["uniform"]
-
-
-@library_type("uniform", trains=_lora_uniform.trains)
 def uniform(lib, opts, backbone, info):
-    """The mean prompt / prefix of a prompt or prefix library (cached in it); else LoRA's uniform."""
-    if lib.kind not in KINDS:
-        return _lora_uniform.setup(lib, opts, backbone, info)
+    """The mean prompt / prefix of the library (cached in it), frozen."""
     mean = lib.cached(f"uniform_{lib.kind}", lambda: {"mean": stack(lib).double().mean(0).float()})["mean"]
     cfg = OmegaConf.create({"name": "library_uniform"})
     if lib.kind == "prompt":
         return FixedPrompt(cfg, backbone, info, lib, mean)
     return FixedPrefix(cfg, backbone, info, lib, mean)
 
+
+for _kind in KINDS:
+    library_type("routed", trains=_routed_trains, kind=_kind)(routed)
+    library_type("uniform", kind=_kind)(uniform)
