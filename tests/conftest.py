@@ -6,6 +6,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
+from transformers import BertConfig, BertModel
+
+from mmpt.models.backbone import load_tokenizer, minilm_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MMPT_DATA_DIR", ROOT.parent / "shared" / "data"))
@@ -82,3 +85,15 @@ def fit_batch(model, batch, lr: float, steps: int) -> list[float]:
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory):
+    """A small random BERT with MiniLM's vocabulary, saved like any checkpoint."""
+    d = tmp_path_factory.mktemp("bert")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+              add_pooling_layer=False).save_pretrained(d)
+    load_tokenizer(minilm_dir()).save_pretrained(d)
+    return d

@@ -3,14 +3,13 @@ one head per task, regression for STS-B."""
 import pytest
 import torch
 from omegaconf import OmegaConf
-from transformers import BertConfig, BertModel
 
 from conftest import compose_cfg, toy_batch
 from mmpt.data import get_task
 from mmpt.errors import ConfigError
 from mmpt.experiment import train
 from mmpt.models import build_model
-from mmpt.models.backbone import load_tokenizer, minilm_dir
+from mmpt.models.backbone import load_tokenizer
 
 BERT_TARGETS = {"lora": r".*attention\.self\.(query|value)",
                 "poly": r".*attention\.self\.(query|value)"}
@@ -28,18 +27,6 @@ METHODS = {
                        "init": "normal", "topk": 1, "perturb_router": True, "router_dropout": 0.0, "gumbel": False},
 }
 ROUTER = {"name": "input_topk", "topk": 1, "perturb": True, "dropout": 0.0, "gumbel": False, "gumbel_tau": 1.0}
-
-
-@pytest.fixture(scope="module")
-def tiny_bert_dir(tmp_path_factory):
-    """A small random BERT with MiniLM's vocabulary, saved like any checkpoint."""
-    d = tmp_path_factory.mktemp("bert")
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
-              add_pooling_layer=False).save_pretrained(d)
-    load_tokenizer(minilm_dir()).save_pretrained(d)
-    return d
 
 
 def bert(d, method, tasks=("rte",), **model_over):

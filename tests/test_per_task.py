@@ -3,7 +3,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
-from transformers import BertConfig, BertModel
 
 from conftest import TINY, compose_cfg, fit_batch, toy_batch
 from mmpt.data import get_task
@@ -11,7 +10,7 @@ from mmpt.engine import checkpoint
 from mmpt.errors import ConfigError, MMPTError
 from mmpt.methods.prompt_tuning import init_tokens
 from mmpt.models import build_model
-from mmpt.models.backbone import load_backbone, load_tokenizer, minilm_dir
+from mmpt.models.backbone import load_backbone
 
 CAUSAL = {
     "llama": dict(build="llama_tiny", name_or_path=None, tokenizer=None, d_model=32, d_ff=64, num_layers=2,
@@ -26,15 +25,8 @@ CHOICES = ("entailment", "not_entailment")
 
 
 @pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    """A small random BERT with MiniLM's vocabulary, saved like any checkpoint."""
-    d = tmp_path_factory.mktemp("bert")
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
-              add_pooling_layer=False).save_pretrained(d)
-    load_tokenizer(minilm_dir()).save_pretrained(d)
-    return d
+def bert_dir(tiny_bert_dir):
+    return tiny_bert_dir
 
 
 def make(arch, method, per_task=True, n_tasks=3, seed=0, bert_dir=None, **over):
