@@ -11,7 +11,7 @@
 #      (method.per_task=true, mixed-task batches) at the same budget, its prompts built into a
 #      library, `routed` (SMoP's router over the frozen prompts) and `uniform` (their mean), against
 #      prompt tuning from scratch on the same k-shot samples.
-#   bash scripts/results_library.sh               (about 1.5 hours on 2 CPU cores for 1-4; the prompt stream 5 runs beside them)
+#   bash scripts/results_library.sh               (about 1.5 hours on 2 CPU cores; four streams of one thread)
 #   python -m mmpt.report multirun/minilm_library --baseline library/uniform
 set -u
 cd "$(dirname "$0")/.."
@@ -43,12 +43,16 @@ skills_library() {  # the poly_lora skills of results_minilm.sh, when they exist
         hydra.sweep.dir="$OUT/transfer_skills"
 }
 
-transfer() {
+transfer_merge() {
     $PY finetune.py -m library=libs/minilm_glue_lora dataset="$HELD_OUT" finetune_type=arrow,uniform,ties $FEW \
         hydra.sweep.dir="$OUT/transfer_merge"
+}
+transfer_trained() {  # waits for the library that experts (another stream) builds
+    while [ ! -f libs/minilm_glue_lora/index.json ]; do sleep 30; done
     $PY finetune.py -m library=libs/minilm_glue_lora dataset="$HELD_OUT" finetune_type=weighted,library_poly $FEW \
         hydra.sweep.dir="$OUT/transfer_trained"
 }
+transfer() { transfer_merge; transfer_trained; }
 
 PROMPT_RUN=outputs/minilm_library/prompts_per_task
 PROMPT_LIB=libs/minilm_glue_prompts
@@ -72,8 +76,9 @@ prompts() { prompt_pretrain && prompt_transfer; prompt_scratch; }
 
 if [ $# -gt 0 ]; then "$@"; exit; fi   # e.g. bash scripts/results_library.sh transfer
 mkdir -p outputs libs
-{ experts; transfer; } > outputs/results_library_a.log 2>&1 &
-skills_library > outputs/results_library_b.log 2>&1 &
-prompts > outputs/results_library_prompts.log 2>&1 &
+{ experts; transfer_merge; } > outputs/results_library_a.log 2>&1 &
+transfer_trained > outputs/results_library_b.log 2>&1 &
+{ prompt_pretrain && prompt_transfer; } > outputs/results_library_prompts.log 2>&1 &
+{ prompt_scratch; skills_library; } > outputs/results_library_c.log 2>&1 &
 wait
 $PY bench/library.py | tee outputs/results_library_bench.md
