@@ -182,4 +182,13 @@ def finetune(cfg) -> dict:
     log.info("fine-tuning %s (%s) on %s: %s, task id %d", cfg.pretrained, pre.method.name,
              cfg.dataset.name, cfg.finetune_type, task_id)
     extra = zero_shot(model, data, cfg.trainer)
-    return fit_and_test(run_cfg, model, data, out, RunLogger(out, cfg), extra=extra)
+    return fit_and_test(run_cfg, model, data, out, RunLogger(out, with_model(cfg, pre.model)), extra=extra)
+
+
+def with_model(cfg, model_cfg):
+    """finetune.py's config with the backbone's: W&B names the run by its fine-tuning type (there
+    is no method group) and tags it with the backbone, as train.py's runs are."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.model = model_cfg
+    return cfg

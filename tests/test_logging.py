@@ -163,3 +163,16 @@ def test_final_eval_reuses_the_best_evals_val_scores_and_they_equal_a_rescoring(
     evals = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl") if '"eval"' in l]
     (chosen,) = [e for e in evals if e["step"] == metrics["best_step"]]
     assert {k: chosen[k] for k in val} == val
+
+
+def test_a_finetune_run_is_named_by_its_type_and_tagged_with_the_backbone(tmp_path, fake_wandb):
+    from mmpt.finetune import finetune
+    from test_finetune import pretrained_run
+    pretrained_run(tmp_path / "pre")
+    cfg = compose_cfg([f"pretrained={tmp_path / 'pre'}", "dataset=cb", "k_shot=8", "seed=3", "finetune_type=Z",
+                       "trainer.max_steps=1", "trainer.batch_size=4", "logger=wandb", "logger.mode=offline"],
+                      config_name="finetune", run_dir=tmp_path / "ft")
+    finetune(cfg)
+    (run,) = fake_wandb
+    assert run.init["name"] == "finetune_Z-cb-s3"
+    assert run.init["tags"] == ["finetune_Z", "cb", "t5_tiny"]

@@ -21,7 +21,7 @@ from mmpt.engine import distributed
 from mmpt.engine.logging import RunLogger
 from mmpt.errors import ConfigError
 from mmpt.experiment import final_eval, fit_and_test, run_dir
-from mmpt.finetune import load_task, restrict
+from mmpt.finetune import load_task, restrict, with_model
 from mmpt.library.methods import Arrow, Merged, Weighted, prototypes, ties_merge, uniform_merge
 from mmpt.library.store import Library
 from mmpt.methods.base import GROUP_NAMES
@@ -159,7 +159,7 @@ def finetune_library(cfg) -> dict:
     data = load_task(cfg, model.tokenizer, 0)
     model.to(distributed.device())
     log.info("library %s (%d %s experts) on %s: %s", lib.path, len(lib.names), lib.kind, cfg.dataset.name, ftype)
-    logger = RunLogger(out, cfg)
+    logger = RunLogger(out, with_model(cfg, lib.index["model"]))
     if not chosen:
         return evaluate_only(cfg, model, data, out, logger)
     run_cfg = cfg.copy()
