@@ -20,6 +20,9 @@ PY=${PYTHON:-.venv/bin/python}
 SEEDS=seed=0,1,2
 HELD_OUT=${HELD_OUT:-rte,cb}
 OUT=multirun/minilm_library
+# A sweep dir whose N runs all wrote metrics.json is skipped, so a stopped reproduction picks up
+# where it left off (a partly done sweep is run again whole).
+complete() { [ "$(ls "$1"/*/metrics.json 2>/dev/null | wc -l)" -ge "$2" ] && echo "skip $1 (done)"; }
 FEW="k_shot=32 $SEEDS trainer.epochs=20 trainer.max_steps=null trainer.batch_size=8 trainer.eval_every=null
      dataset.max_length=128 optimizer.groups.head.lr=1e-2"
 
@@ -27,11 +30,12 @@ experts() {  # one LoRA per task, seed 0 (the library), 200 steps of 32
     for task in cola sst2 mrpc stsb; do
         extra=""
         [ "$task" = sst2 ] && extra="dataset.val_fraction=0.02"
+        complete "$OUT/experts/$task" 1 && continue
         $PY train.py -m experiment=minilm_glue method=lora method.rank=8 dataset="$task" seed=0 \
             trainer.max_steps=200 trainer.batch_size=32 optimizer.groups.adapters.lr=3e-3 $extra \
             hydra.sweep.dir="$OUT/experts/$task"
     done
-    $PY -m mmpt.library build --out libs/minilm_glue_lora "$OUT/experts"
+    [ -d libs/minilm_glue_lora ] || $PY -m mmpt.library build --out libs/minilm_glue_lora "$OUT/experts"
     $PY -m mmpt.library show libs/minilm_glue_lora
 }
 
@@ -39,16 +43,19 @@ skills_library() {  # the poly_lora skills of results_minilm.sh, when they exist
     PRE=outputs/minilm_mttl_pretrain/skills
     [ -f "$PRE/metrics.json" ] || { echo "no $PRE: run scripts/results_minilm.sh mttl_pretrain first"; return; }
     [ -d libs/minilm_glue_skills ] || $PY -m mmpt.library build --out libs/minilm_glue_skills "$PRE"
+    complete "$OUT/transfer_skills" 18 ||
     $PY finetune.py -m library=libs/minilm_glue_skills dataset="$HELD_OUT" finetune_type=arrow,uniform,ties $FEW \
         hydra.sweep.dir="$OUT/transfer_skills"
 }
 
 transfer_merge() {
+    complete "$OUT/transfer_merge" 18 ||
     $PY finetune.py -m library=libs/minilm_glue_lora dataset="$HELD_OUT" finetune_type=arrow,uniform,ties $FEW \
         hydra.sweep.dir="$OUT/transfer_merge"
 }
 transfer_trained() {  # waits for the library that experts (another stream) builds
     while [ ! -f libs/minilm_glue_lora/index.json ]; do sleep 30; done
+    complete "$OUT/transfer_trained" 12 ||
     $PY finetune.py -m library=libs/minilm_glue_lora dataset="$HELD_OUT" finetune_type=weighted,library_poly $FEW \
         hydra.sweep.dir="$OUT/transfer_trained"
 }
@@ -57,6 +64,7 @@ transfer() { transfer_merge; transfer_trained; }
 PROMPT_RUN=outputs/minilm_library/prompts_per_task
 PROMPT_LIB=libs/minilm_glue_prompts
 prompt_pretrain() {  # 800 steps x 32 mixed examples, as the Poly skills; prompt lr of the results_minilm table
+    [ -f "$PROMPT_RUN/metrics.json" ] ||
     $PY train.py model=minilm dataset=glue_mix method=prompt_tuning method.per_task=true seed=0 \
         trainer.max_steps=800 trainer.batch_size=32 trainer.eval_every=400 dataset.max_length=128 \
         dataset.max_eval_per_task=200 optimizer.warmup_ratio=0.06 optimizer.groups.head.lr=1e-3 \
@@ -65,10 +73,12 @@ prompt_pretrain() {  # 800 steps x 32 mixed examples, as the Poly skills; prompt
     $PY -m mmpt.library show "$PROMPT_LIB"
 }
 prompt_transfer() {  # routed trains the router (the prompt_routing row's lr in results_minilm) + the head
+    complete "$OUT/transfer_prompts" 12 ||
     $PY finetune.py -m library="$PROMPT_LIB" dataset="$HELD_OUT" finetune_type=routed,uniform $FEW \
         +optimizer.groups.router.lr=3e-2 hydra.sweep.dir="$OUT/transfer_prompts"
 }
 prompt_scratch() {  # a fresh prompt (and head) on the same k-shot samples, seeds and steps
+    complete "$OUT/prompt_scratch" 6 ||
     $PY train.py -m model=minilm method=prompt_tuning dataset="$HELD_OUT" $FEW optimizer.groups.prompt.lr=3e-3 \
         hydra.sweep.dir="$OUT/prompt_scratch"
 }
