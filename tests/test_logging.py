@@ -170,7 +170,8 @@ def test_a_finetune_run_is_named_by_its_type_and_tagged_with_the_backbone(tmp_pa
     from test_finetune import pretrained_run
     pretrained_run(tmp_path / "pre")
     cfg = compose_cfg([f"pretrained={tmp_path / 'pre'}", "dataset=cb", "k_shot=8", "seed=3", "finetune_type=Z",
-                       "trainer.max_steps=1", "trainer.batch_size=4", "logger=wandb", "logger.mode=offline"],
+                       "trainer.max_steps=1", "trainer.batch_size=4", "trainer.eval_batch_size=64", "dataset.max_length=64",
+                       "logger=wandb", "logger.mode=offline"],
                       config_name="finetune", run_dir=tmp_path / "ft")
     finetune(cfg)
     (run,) = fake_wandb
