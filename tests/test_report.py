@@ -230,3 +230,20 @@ def test_a_differing_config_group_is_named_by_its_choice_unless_that_is_ambiguou
         "lora (model.build=t5_tiny, model.d_model=32, model.hidden=-)",
         "lora (model.build=t5_tiny, model.d_model=64, model.hidden=-)",
         "lora (model.build=minilm, model.d_model=-, model.hidden=384)"}
+
+
+def test_several_folders_make_one_report(tmp_path, capsys):
+    new, old = tmp_path / "new", tmp_path / "old"
+    for seed, (a, b) in enumerate(((0.70, 0.60), (0.80, 0.65), (0.90, 0.70))):
+        fake_run(new / str(seed), cfg("lora", seed=seed), a)  # same sub-folder names in both roots
+        fake_run(old / str(seed), cfg("prefix", seed=seed), b)
+    assert report_main([str(new), str(old), "--baseline", "prefix"]) == 2  # where to write: --out
+    assert "--out" in capsys.readouterr().err
+    assert report_main([str(new), str(old), "--baseline", "prefix", "--out", str(tmp_path / "rep")]) == 0
+    df = pd.read_csv(tmp_path / "rep" / "report.csv").set_index("method")
+    assert df.loc["lora", "n"] == 3 and df.loc["prefix", "n"] == 3
+    # per seed: 10, 15, 20 -> mean 15, sd 5; df = 2
+    t = 15 / (5 / math.sqrt(3))
+    assert df.loc["lora", "delta"] == pytest.approx(15.0)
+    assert df.loc["lora", "p_value"] == pytest.approx(1 - t / math.sqrt(2 + t * t))
+    assert "6 finished runs" in (tmp_path / "rep" / "report.md").read_text()

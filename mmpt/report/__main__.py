@@ -1,9 +1,12 @@
-"""python -m mmpt.report DIR [--baseline METHOD] [--out DIR]: report.md, report.csv, report.png and
-learning_curves.png of the runs under DIR. Runs are averaged only when they differ in nothing but
+"""python -m mmpt.report DIR [DIR ...] [--baseline METHOD] [--out DIR]: report.md, report.csv,
+report.png and learning_curves.png of the runs under the folders (several: one report, e.g. new
+runs beside the baseline runs of another sweep). Runs are averaged only when they differ in nothing but
 the seed; hyperparameter-search trials get their own table."""
 import argparse
 import sys
 from pathlib import Path
+
+import pandas as pd
 
 from mmpt.errors import MMPTError
 from mmpt.report import plots, tables
@@ -17,9 +20,21 @@ INTRO = ("Test score of the best-val checkpoint in the task's main metric (named
          "method differ.")
 
 
-def report(root: Path, out: Path, baseline: str | None) -> str:
-    runs, incomplete = collect(root)
-    lines = [f"# Results in {root}", ""]
+def collect_all(roots: list[Path]) -> tuple[pd.DataFrame, int]:
+    """The runs under every root (their `run` names prefixed by the root when there are several)."""
+    frames, incomplete = [], 0
+    for root in roots:
+        runs, n = collect(root)
+        if len(roots) > 1 and not runs.empty:
+            runs["run"] = [f"{root.as_posix()}/{r}" for r in runs["run"]]
+        frames.append(runs)
+        incomplete += n
+    return pd.concat(frames, ignore_index=True), incomplete
+
+
+def report(roots: list[Path], out: Path, baseline: str | None) -> str:
+    runs, incomplete = collect_all(roots)
+    lines = [f"# Results in {', '.join(r.as_posix() for r in roots)}", ""]
     if runs.empty:
         return "\n".join(lines + ["No finished runs found.", f"{incomplete} incomplete runs ignored."])
     groups = group(runs)
@@ -39,7 +54,8 @@ def report(root: Path, out: Path, baseline: str | None) -> str:
     for study, part in groups[groups["study"] != ""].groupby("study"):
         lines += [f"## Search trials: {study}", "", "Each trial's settings are its own row (never averaged "
                   "with other trials); best validation score first.", "", tables.trials(part), ""]
-    for where, best in sweep_best(root):
+    for where, best in [(w if len(roots) == 1 else f"{root.as_posix()}/{w}", b)
+                        for root in roots for w, b in sweep_best(root)]:
         params = ", ".join(f"{k}={v}" for k, v in (best.get("best_params") or {}).items())
         lines.append(f"Sweep `{where}`: best value {best.get('best_value')} at {params}.")
     repeated = [f"{r.label} on {r.task} (seeds {r.seeds})" for r in groups.itertuples()
@@ -60,17 +76,23 @@ def report(root: Path, out: Path, baseline: str | None) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mmpt.report", description=__doc__)
-    ap.add_argument("dir", type=Path, help="an outputs/ or multirun/ folder (searched recursively)")
-    ap.add_argument("--out", type=Path, default=None, help="where to write the report files (default: DIR)")
+    ap.add_argument("dirs", type=Path, nargs="+", metavar="DIR",
+                    help="outputs/ or multirun/ folders (searched recursively), reported together")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="where to write the report files (default: DIR; required with several DIRs)")
     ap.add_argument("--baseline", default=None, help="a method (row label) to compare every row with, per task")
     args = ap.parse_args(argv)
-    if not args.dir.is_dir():
-        print(f"error: {args.dir} is not a directory", file=sys.stderr)
+    for d in args.dirs:
+        if not d.is_dir():
+            print(f"error: {d} is not a directory", file=sys.stderr)
+            return 2
+    if len(args.dirs) > 1 and args.out is None:
+        print("error: several DIRs: name the folder for the report with --out", file=sys.stderr)
         return 2
-    out = args.out or args.dir
+    out = args.out or args.dirs[0]
     out.mkdir(parents=True, exist_ok=True)
     try:
-        text = report(args.dir, out, args.baseline) + "\n"
+        text = report(args.dirs, out, args.baseline) + "\n"
     except MMPTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
