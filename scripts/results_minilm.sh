@@ -71,6 +71,24 @@ pool() {  # method, then its overrides
         trainer.max_steps=300 dataset.val_fraction=0.02 "$@" hydra.sweep.dir="multirun/pool/${method}_true"
 }
 
+# The record behind docs/results.md: each finished run's config, metrics and log (no weights,
+# ~10 KB a run) copied to docs/runs/, so the page's report can be rebuilt from the repository
+# (`python -m mmpt.report docs/runs/minilm_table --baseline lora`) and a reproduction cut short
+# can continue: `cp -r docs/runs/minilm_table multirun/` first, and its finished sweeps are skipped.
+archive() {  # sweep dirs under multirun/ (default: every table sweep)
+    local sweep run sweeps=("$@")
+    [ $# -gt 0 ] || sweeps=(multirun/minilm_table/*)
+    for sweep in "${sweeps[@]}"; do
+        for run in "$sweep"/*/; do
+            [ -f "$run/metrics.json" ] || continue
+            local to="docs/runs/${run#multirun/}"
+            mkdir -p "$to/.hydra"
+            cp "$run"/metrics.json "$run"/metrics.jsonl "$run"/train.log "$to/"
+            cp "$run"/.hydra/*.yaml "$to/.hydra/"
+        done
+    done
+}
+
 LORA="optimizer.groups.adapters.lr=3e-3"
 PREFIX="optimizer.groups.prefix.lr=5e-2"
 PFR="optimizer.groups.shared_embedding.lr=5e-2"
