@@ -97,6 +97,15 @@ def test_paired_test_against_the_baseline_by_hand(tmp_path):
     assert math.isnan(r["prefix", "rte"]["p_value"]) and r["prefix", "rte"]["baseline"] == ""
 
 
+def test_a_task_the_baseline_did_not_run_is_not_labelled_baseline(tmp_path, capsys):
+    grid(tmp_path)
+    fake_run(tmp_path / "cb_l", cfg("lora", "cb", seed=0, method__rank=8), 0.6)
+    assert report_main([str(tmp_path), "--baseline", "prefix"]) == 0
+    table = capsys.readouterr().out.split("## Paired comparison")[1]
+    assert "| lora (method.rank=8) | no baseline run | +9.0 (p=0.050, n=3) |" in table
+    assert "| prefix | - | baseline |" in table
+
+
 def test_report_files_numeric_csv_and_marks(tmp_path, capsys):
     grid(tmp_path)
     (tmp_path / "dead" / ".hydra").mkdir(parents=True)

@@ -109,7 +109,7 @@ def group(runs: pd.DataFrame) -> pd.DataFrame:
 def compare(groups: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Add baseline, n_paired, delta and p_value: each group against the baseline group of its
     task. `baseline` is a row label, or a method name with one group per task."""
-    groups = groups.assign(baseline="", n_paired=pd.NA, delta=math.nan, p_value=math.nan)
+    groups = groups.assign(baseline="", is_baseline=False, n_paired=pd.NA, delta=math.nan, p_value=math.nan)
     groups["n_paired"] = groups["n_paired"].astype("Int64")
     by_label = groups["label"] == baseline
     chosen = by_label if by_label.any() else groups["method"] == baseline
@@ -120,6 +120,7 @@ def compare(groups: pd.DataFrame, baseline: str) -> pd.DataFrame:
             raise ConfigError("--baseline", f"{baseline!r} names {len(base)} rows on {task}: pick one of "
                               f"{list(base['label'])}")
         b = base.iloc[0]
+        groups.at[base.index[0], "is_baseline"] = True
         for i in groups.index[(groups["task"] == task) & (groups.index != base.index[0])]:
             groups.loc[i, ["n_paired", "delta", "p_value"]] = pd.Series(
                 paired(groups.at[i, "by_seed"], b["by_seed"]))

@@ -56,8 +56,11 @@ def comparison(groups: pd.DataFrame) -> str:
     for label, g in groups.groupby("label"):
         by_task, cells = g.set_index("task"), []
         for t in tasks:
-            if t not in by_task.index or not by_task.at[t, "baseline"]:
-                cells.append("baseline" if t in by_task.index else "-")
+            if t not in by_task.index:
+                cells.append("-")
+                continue
+            if not by_task.at[t, "baseline"]:  # the baseline itself, or a task the baseline did not run
+                cells.append("baseline" if by_task.at[t, "is_baseline"] else "no baseline run")
                 continue
             r = by_task.loc[t]
             if r["n_paired"] < 2:
