@@ -1,7 +1,8 @@
-"""Fine-tune pre-trained skills on a held-out task:
+"""Fine-tune pre-trained skills, or a library's experts, on a held-out task:
     python finetune.py pretrained=<train.py run dir> dataset=rte finetune_type=Poly k_shot=16 seed=0
+    python finetune.py library=<library dir> dataset=rte finetune_type=arrow k_shot=32 seed=0
 
-Thin Hydra wrapper around mmpt.finetune.finetune; returns the optimized metric to sweepers.
+Thin Hydra wrapper around mmpt.recipes.finetune; returns the optimized metric to sweepers.
 """
 import hydra
 
@@ -10,7 +11,7 @@ from mmpt.cli import main_wrapper
 
 @hydra.main(config_path="conf", config_name="finetune", version_base="1.3")
 def main(cfg):
-    from mmpt.finetune import finetune
+    from mmpt.recipes import finetune
 
     return main_wrapper(finetune, cfg)
 

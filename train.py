@@ -1,6 +1,6 @@
 """Train one method on one task (or a mixture):  python train.py method=prefix dataset=rte
 
-Thin Hydra wrapper around mmpt.experiment.train; returns the optimized metric to sweepers.
+Thin Hydra wrapper around mmpt.recipes.train; returns the optimized metric to sweepers.
 """
 import hydra
 
@@ -9,7 +9,7 @@ from mmpt.cli import main_wrapper
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg):
-    from mmpt.experiment import train
+    from mmpt.recipes import train
 
     return main_wrapper(train, cfg)
 

@@ -23,7 +23,8 @@ from mmpt.data import get_task  # noqa: E402
 from mmpt.engine import checkpoint  # noqa: E402
 from mmpt.library import Library  # noqa: E402
 from mmpt.library.extract import build  # noqa: E402
-from mmpt.library.finetune import prepare_library_model, types_of  # noqa: E402
+from mmpt.library.types import types_of  # noqa: E402
+from mmpt.recipes.library import prepare_library_model  # noqa: E402
 from mmpt.methods.adapters import Wrapped  # noqa: E402
 from mmpt.models import build_model  # noqa: E402
 

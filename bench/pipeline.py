@@ -62,7 +62,7 @@ def bench_padding(shape, batch_size):
 
 def bench_eval(steps):
     """Fully fine-tune the tiny T5 on SST-2, then time both eval modes on the SST-2 test set."""
-    from mmpt.experiment import train
+    from mmpt.recipes import train
     from tests.conftest import compose_cfg
 
     with tempfile.TemporaryDirectory() as tmp:

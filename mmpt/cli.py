@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict, read_write
 
 from mmpt.engine import distributed
-from mmpt.experiment import claim_run_dir, run_dir
+from mmpt.runs import claim_run_dir, run_dir
 from mmpt.errors import ConfigError, MMPTError
 
 log = logging.getLogger("mmpt")

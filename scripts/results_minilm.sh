@@ -71,20 +71,21 @@ pool() {  # method, then its overrides
         trainer.max_steps=300 dataset.val_fraction=0.02 "$@" hydra.sweep.dir="multirun/pool/${method}_true"
 }
 
-# The record behind docs/results.md: each finished run's config, metrics and log (no weights,
-# ~10 KB a run) copied to docs/runs/, so the page's report can be rebuilt from the repository
-# (`python -m mmpt.report docs/runs/minilm_table --baseline lora`) and a reproduction cut short
-# can continue: `cp -r docs/runs/minilm_table multirun/` first, and its finished sweeps are skipped.
+# The record behind docs/results.md: each finished run's config, overrides, metrics and log (no
+# weights, no hydra.yaml: ~6 KB a run) copied to results/ as data, so the page's report can be
+# rebuilt from the repository (`python -m mmpt.report results/minilm_table --baseline lora`) and a
+# reproduction cut short can continue: `cp -r results/minilm_table multirun/` first, and its
+# finished sweeps are skipped.
 archive() {  # sweep dirs under multirun/ (default: every table sweep)
     local sweep run sweeps=("$@")
     [ $# -gt 0 ] || sweeps=(multirun/minilm_table/*)
     for sweep in "${sweeps[@]}"; do
         for run in "$sweep"/*/; do
             [ -f "$run/metrics.json" ] || continue
-            local to="docs/runs/${run#multirun/}"
+            local to="results/${run#multirun/}"
             mkdir -p "$to/.hydra"
             cp "$run"/metrics.json "$run"/metrics.jsonl "$run"/train.log "$to/"
-            cp "$run"/.hydra/*.yaml "$to/.hydra/"
+            cp "$run"/.hydra/config.yaml "$run"/.hydra/overrides.yaml "$to/.hydra/"
         done
     done
 }

@@ -27,6 +27,14 @@ METHOD_CFGS = {
 }
 
 
+def load_run(path):
+    """(config, model with the best weights, in eval mode) of a finished train.py run dir."""
+    from mmpt.runs import load_model, open_run
+
+    run = open_run(path)
+    return run.cfg, load_model(run)
+
+
 def tiny_cfg(**over):
     return OmegaConf.create({**TINY, **over})
 

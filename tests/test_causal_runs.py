@@ -13,8 +13,9 @@ from safetensors.torch import load_file
 
 from conftest import ROOT, compose_cfg
 from mmpt.errors import ConfigError
-from mmpt.experiment import train
-from mmpt.finetune import TYPES, finetune
+from mmpt.recipes import train
+from mmpt.recipes import finetune
+from mmpt.recipes.transfer import FINETUNE_TYPES
 from mmpt.models import build_model
 from test_causal import batch_for
 from test_resume import ENV, assert_same_run, finish, run, start
@@ -112,7 +113,7 @@ def kinds(weights: dict) -> set:
     return {kind(k) for k in weights}
 
 
-@pytest.mark.parametrize("ftype", list(TYPES))
+@pytest.mark.parametrize("ftype", FINETUNE_TYPES.names())
 def test_finetune_every_type_from_a_llama_skills_run(pretrained, tmp_path, ftype):
     cfg = compose_cfg([f"pretrained={pretrained}", "dataset=cb", f"finetune_type={ftype}", "k_shot=8", "seed=0",
                        "dataset.max_length=32", "trainer.max_steps=2", "trainer.eval_every=2"],

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from conftest import compose_cfg, toy_batch
 from mmpt.data import get_task
 from mmpt.errors import ConfigError
-from mmpt.experiment import train
+from mmpt.recipes import train
 from mmpt.models import build_model
 from mmpt.models.backbone import load_tokenizer
 
@@ -200,7 +200,7 @@ def test_mttl_transfer_on_an_encoder_adds_a_trained_head(tiny_bert_dir, tmp_path
     own head, which trains in every type; the pre-training heads stay as they were."""
     from safetensors.torch import load_file
 
-    from mmpt.finetune import finetune
+    from mmpt.recipes import finetune
 
     pre = tmp_path / "pre"
     local = [f"model.name_or_path={tiny_bert_dir}", "model.targets.poly='.*attention.self.(query|value)'"]

@@ -10,7 +10,7 @@ from conftest import compose_cfg, make_model
 from mmpt.engine.loop import Trainer, TrainingError
 from mmpt.engine.optim import build_optimizer, check_groups
 from mmpt.errors import ConfigError
-from mmpt.experiment import train
+from mmpt.recipes import train
 
 
 def opt_cfg(**over):
@@ -21,7 +21,7 @@ def opt_cfg(**over):
 
 def test_groups_get_their_own_lr_and_the_schedule_keeps_ratios():
     model = make_model("prefix")
-    opt, sched, summary = build_optimizer(model, opt_cfg(groups={"prefix": {"lr": 0.05}}), total_steps=8)
+    opt, sched, summary = build_optimizer(model.param_groups(), opt_cfg(groups={"prefix": {"lr": 0.05}}), total_steps=8)
     assert summary == [("prefix", model.method.prefix.numel(), 0.05, 0.0)]
     lrs = []
     for _ in range(8):
@@ -37,7 +37,7 @@ def test_two_groups_keep_their_ratio_through_the_schedule():
     model.method.extra = torch.nn.Parameter(torch.zeros(3))
     real = model.method.param_groups
     model.method.param_groups = lambda: {**real(), "mask": [model.method.extra]}
-    opt, sched, _ = build_optimizer(model, opt_cfg(groups={"prefix": {"lr": 0.5}, "mask": {"lr": 0.05}}), 10)
+    opt, sched, _ = build_optimizer(model.param_groups(), opt_cfg(groups={"prefix": {"lr": 0.5}, "mask": {"lr": 0.05}}), 10)
     for _ in range(5):
         opt.step()
         sched.step()
@@ -53,7 +53,7 @@ def test_each_group_gets_its_configured_weight_decay():
     real = model.method.param_groups
     model.method.param_groups = lambda: {**real(), "mask": [model.method.extra]}
     cfg = opt_cfg(weight_decay=0.25, warmup_ratio=0.0, groups={"prefix": {"lr": 0.1, "weight_decay": 0.5}})
-    opt, _, summary = build_optimizer(model, cfg, total_steps=10)
+    opt, _, summary = build_optimizer(model.param_groups(), cfg, total_steps=10)
     assert [(g["name"], g["lr"], g["weight_decay"]) for g in opt.param_groups] == [("prefix", 0.1, 0.5),
                                                                                  ("mask", 1e-3, 0.25)]
     assert [(name, wd) for name, _, _, wd in summary] == [("prefix", 0.5), ("mask", 0.25)]
@@ -85,7 +85,7 @@ def test_stray_and_doubled_parameters_are_refused():
 ])
 def test_bad_optimizer_config_names_the_key(over, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        build_optimizer(make_model("prefix"), opt_cfg(**over), 10)
+        build_optimizer(make_model("prefix").param_groups(), opt_cfg(**over), 10)
 
 
 def small_run(tmp_path, *over):

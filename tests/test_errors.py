@@ -12,7 +12,7 @@ from transformers import BertConfig, BertModel
 from conftest import DATA, ROOT, compose_cfg
 from mmpt.engine import checkpoint
 from mmpt.errors import CheckpointError, ConfigError
-from mmpt.experiment import train
+from mmpt.recipes import train
 from mmpt.models.backbone import load_backbone, load_tokenizer, minilm_dir
 
 

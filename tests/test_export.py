@@ -17,12 +17,14 @@ from conftest import ROOT, compose_cfg
 from mmpt.engine.loop import validate_trainer
 from mmpt.errors import CheckpointError, ConfigError, MMPTError
 from mmpt.engine import checkpoint
-from mmpt.experiment import load_data, train
+from mmpt.recipes import train
+from mmpt.recipes.common import load_data
 from mmpt.export import peft_format
 from mmpt.export.__main__ import export, push
 from mmpt.export.importer import init_from
 from mmpt.export.mapping import ExportError
-from mmpt.export.runs import load_run
+from mmpt.export.mappings import peft_mapping
+from conftest import load_run
 from mmpt.models import build_model, load_backbone
 from mmpt.models.backbone import load_tokenizer, minilm_dir
 from mmpt.models.causal import positions
@@ -311,7 +313,7 @@ def test_t5_prefix_differs_from_peft_by_the_position_bias_of_its_keys():
             net.decoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.zero_()
     assert max_diff(*both()) <= 1e-5
     with pytest.raises(ExportError, match="relative position biases"):
-        peft_format.tensors(ours.method.peft_mapping(), ours.backbone)
+        peft_format.tensors(peft_mapping(ours.method), ours)
 
 
 def test_gpt2_prefix_differs_from_peft_by_the_shifted_positions():
@@ -333,7 +335,7 @@ def test_gpt2_prefix_differs_from_peft_by_the_shifted_positions():
             net.transformer.wpe.weight[:] = net.transformer.wpe.weight[0]
     assert max_diff(*both()) <= 1e-5
     with pytest.raises(ExportError, match="learned absolute positions"):
-        peft_format.tensors(ours.method.peft_mapping(), ours.backbone)
+        peft_format.tensors(peft_mapping(ours.method), ours)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

@@ -15,9 +15,11 @@ from mmpt.data.mixture import num_tasks
 from mmpt.engine import checkpoint
 from mmpt.data.splits import kshot
 from mmpt.errors import CheckpointError, ConfigError
-from mmpt.experiment import load_data
+from mmpt.recipes.common import load_data
 from mmpt.engine.evaluate import check_length_norm, predict
-from mmpt.finetune import TYPES, inherit_format, load_pretrained, load_task, prepare_model
+from mmpt.recipes.common import load_task
+from mmpt.recipes.transfer import FINETUNE_TYPES, inherit_format, prepare_model
+from mmpt.runs import open_run
 from mmpt.models import build_model
 from mmpt.routers.skills import Average
 
@@ -59,16 +61,20 @@ def run(tmp_path_factory):
     return path, pretrained_run(path)
 
 
+def load_pretrained(path):
+    return open_run(path, key="pretrained")
+
+
 def fine(run, ftype):
-    pre, best = load_pretrained(run[0])
+    pre = load_pretrained(run[0])
     torch.manual_seed(1)
-    return prepare_model(pre, best, ftype)
+    return prepare_model(pre, ftype)
 
 
-@pytest.mark.parametrize("ftype", [t for t in TYPES if t != "A"])  # A: refused on skills, below
+@pytest.mark.parametrize("ftype", [t for t in FINETUNE_TYPES.names() if t != "A"])  # A: refused on skills, below
 def test_each_type_trains_exactly_its_parameters(run, ftype):
     model, task_id, chosen = fine(run, ftype)
-    assert set(chosen) == set(TYPES[ftype][2] or ("backbone", "adapters", "routing"))
+    assert set(chosen) == set(FINETUNE_TYPES[ftype].trains or ("backbone", "adapters", "routing"))
     assert task_id == (N_PRE if ftype in ("F", "Z", "Poly") else 0)
     if ftype == "PolyRand":  # fresh B = 0 gives the routing no gradient: take one step first
         steps(model, chosen, task_id, n=1)
@@ -89,13 +95,13 @@ def test_a_on_a_skill_checkpoint_is_refused_and_points_to_muz(run, tmp_path):
     with pytest.raises(ConfigError, match="finetune_type.*use MuZ"):
         fine(run, "A")
     pretrained_run(tmp_path / "lora", "lora")  # A on plain LoRA trains its adapters
-    _, _, chosen = prepare_model(*load_pretrained(tmp_path / "lora"), "A")
+    _, _, chosen = prepare_model(load_pretrained(tmp_path / "lora"), "A")
     assert set(chosen) == {"adapters"}
 
 
 def test_f_on_a_lora_checkpoint_trains_every_parameter(tmp_path):
     pretrained_run(tmp_path / "lora", "lora")
-    model, task_id, chosen = prepare_model(*load_pretrained(tmp_path / "lora"), "F")
+    model, task_id, chosen = prepare_model(load_pretrained(tmp_path / "lora"), "F")
     assert set(chosen) == {"backbone", "adapters"} and task_id == 0
     trained = {id(p) for ps in chosen.values() for p in ps}
     params = dict(model.named_parameters())
@@ -121,7 +127,7 @@ def test_routing_stats_describe_the_new_row_only(run):
 
 def test_format_is_inherited_from_the_pretrained_run_and_plainly_overridable(tmp_path, tiny):
     pretrained_run(tmp_path / "ps", "poly_lora", "dataset.format=promptsource")
-    pre, _ = load_pretrained(tmp_path / "ps")
+    pre = load_pretrained(tmp_path / "ps").cfg
     tok = tiny("lora").tokenizer
     over = ["dataset=cb", "k_shot=8", "seed=0"]
     cfg = compose_cfg(over, config_name="finetune")
@@ -250,19 +256,19 @@ def test_broken_or_mismatched_pretrained_runs_are_clear_errors(tmp_path):
         load_pretrained(tmp_path / "a")
     pretrained_run(tmp_path / "b", save_method="lora")  # a checkpoint another method wrote
     with pytest.raises(CheckpointError, match="written by method `lora`"):
-        prepare_model(*load_pretrained(tmp_path / "b"), "Poly")
+        prepare_model(load_pretrained(tmp_path / "b"), "Poly")
     pretrained_run(tmp_path / "c")
     cfg = OmegaConf.load(tmp_path / "c" / ".hydra" / "config.yaml")
     cfg.method.n_skills = 2  # the config no longer matches the checkpoint's shapes
     OmegaConf.save(cfg, tmp_path / "c" / ".hydra" / "config.yaml")
     with pytest.raises(CheckpointError, match=r"shape \[1, 4, .*expects \[1, 2, "):
-        prepare_model(*load_pretrained(tmp_path / "c"), "Poly")
+        prepare_model(load_pretrained(tmp_path / "c"), "Poly")
     pretrained_run(tmp_path / "d", "poly_lora", "router=private", "method.n_skills=3")
     with pytest.raises(ConfigError, match="finetune_type.*router poly or moe"):
-        prepare_model(*load_pretrained(tmp_path / "d"), "Poly")
+        prepare_model(load_pretrained(tmp_path / "d"), "Poly")
     pretrained_run(tmp_path / "e", "lora")
     with pytest.raises(ConfigError, match="finetune_type.*routing"):
-        prepare_model(*load_pretrained(tmp_path / "e"), "Z")
+        prepare_model(load_pretrained(tmp_path / "e"), "Z")
 
 
 def cli(script, out, *args):
@@ -280,7 +286,7 @@ def test_pretrain_then_every_finetune_type_from_the_command_line(tmp_path):
     assert json.loads((tmp_path / "pre" / "metrics.json").read_text())["optimized_metric_key"] == "val/avg"
     common = ["dataset=rte", "k_shot=16", "seed=0", "trainer.max_steps=10", "dataset.max_length=64",
               "trainer.eval_batch_size=64", f"pretrained={tmp_path / 'pre'}"]
-    types, params = [t for t in TYPES if t != "A"], {}
+    types, params = [t for t in FINETUNE_TYPES.names() if t != "A"], {}
     for i in range(0, len(types), 3):  # three at a time: most of a run is start-up
         procs = {t: cli("finetune.py", tmp_path / t, f"finetune_type={t}", *common) for t in types[i:i + 3]}
         for t, proc in procs.items():

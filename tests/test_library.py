@@ -12,10 +12,11 @@ from mmpt.data import get_task
 from mmpt.data.mixture import num_tasks
 from mmpt.engine import checkpoint
 from mmpt.errors import ConfigError
-from mmpt.export.runs import load_run
-from mmpt.finetune import finetune
+from conftest import load_run
+from mmpt.recipes import finetune
 from mmpt.library import Library, LibraryError
-from mmpt.library import finetune as lib_finetune
+from mmpt.library import types as lib_types
+from mmpt.recipes import library as lib_recipe
 from mmpt.library.__main__ import main as cli
 from mmpt.library.extract import build
 from mmpt.library.methods import ArrowLinear, DeltaLinear, prototype, ties_merge, uniform_merge
@@ -132,7 +133,7 @@ def test_arrow_prototype_is_the_top_right_singular_vector():
 def fine(lib, ftype, **opts):
     torch.manual_seed(0)
     cfg = {"top_k": 4, "temperature": 1.0, "density": 0.2, "majority_sign": "total", **opts}
-    return lib_finetune.prepare_library_model(lib, ftype, OmegaConf.create(cfg), CB)
+    return lib_recipe.prepare_library_model(lib, ftype, OmegaConf.create(cfg), CB)
 
 
 def test_arrow_with_one_expert_and_top_1_is_that_lora(runs, tmp_path):
@@ -224,8 +225,8 @@ def test_prototypes_and_merges_are_cached_and_reused(lib, monkeypatch):
 
     def boom(*a):
         raise AssertionError("recomputed")
-    monkeypatch.setattr(lib_finetune, "prototypes", boom)
-    monkeypatch.setattr(lib_finetune, "ties_merge", boom)
+    monkeypatch.setattr(lib_types, "prototypes", boom)
+    monkeypatch.setattr(lib_types, "ties_merge", boom)
     again, _ = fine(lib, "arrow")
     fine(lib, "ties", density=0.5)
     protos = [m.protos for m in again.backbone.modules() if isinstance(m, ArrowLinear)]
@@ -235,7 +236,7 @@ def test_prototypes_and_merges_are_cached_and_reused(lib, monkeypatch):
         fine(lib, "ties", density=0.3)
 
 
-@pytest.mark.parametrize("ftype", lib_finetune.types_of("lora"))
+@pytest.mark.parametrize("ftype", lib_types.types_of("lora"))
 def test_each_library_type_writes_test_metrics(lib, tmp_path, ftype):
     cfg = compose_cfg([f"library={lib.path}", "dataset=cb", f"finetune_type={ftype}", "k_shot=4", "seed=0",
                        "trainer.max_steps=1", "trainer.eval_batch_size=64", "dataset.max_length=64"],
@@ -259,7 +260,7 @@ def test_library_config_errors(lib, tmp_path):
         fine(lib, "arrow", top_k=0)
     with pytest.raises(ConfigError, match="experts.density"):
         fine(lib, "ties", density=1.5)
-    assert lib_finetune.types_of("lora") == ["arrow", "uniform", "ties", "weighted", "library_poly"]
+    assert lib_types.types_of("lora") == ["arrow", "uniform", "ties", "weighted", "library_poly"]
 
 
 def test_report_names_library_runs_by_type():

@@ -12,13 +12,16 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-import mmpt.experiment as experiment
+import mmpt.recipes.common as experiment
 from conftest import ROOT, compose_cfg, make_model, toy_batch
 from mmpt.data.mixture import num_tasks
 from mmpt.engine import checkpoint
 from mmpt.engine.evaluate import evaluate
 from mmpt.engine.logging import _sweep_group, run_name
-from mmpt.experiment import final_eval, head_tasks, load_data, train
+from mmpt.engine.meta import RunMeta
+from mmpt.data.mixture import tasks_of as head_tasks
+from mmpt.recipes import train
+from mmpt.recipes.common import final_eval, load_data
 from mmpt.models import build_model
 
 ROUTED = ["model=t5_tiny", "method=prefix_routing", "dataset=cb", "dataset.max_length=32",
@@ -97,7 +100,7 @@ def test_a_resumed_study_keeps_its_wandb_group(multirun):
                     "hydra.job.num=3"])
     # a study without storage cannot be resumed: each sweep is its own group
     assert _sweep_group() == "lora-2026-01-01_10-00-00"
-    assert run_name(cfg) == "lora-rte-s42-t3"
+    assert run_name(RunMeta(cfg.method.name, "t5_base", cfg.dataset.name, cfg.seed)) == "lora-rte-s42-t3"
 
 
 class TwoChoiceTask:
@@ -166,7 +169,7 @@ def test_final_eval_reuses_the_best_evals_val_scores_and_they_equal_a_rescoring(
 
 
 def test_a_finetune_run_is_named_by_its_type_and_tagged_with_the_backbone(tmp_path, fake_wandb):
-    from mmpt.finetune import finetune
+    from mmpt.recipes import finetune
     from test_finetune import pretrained_run
     pretrained_run(tmp_path / "pre")
     cfg = compose_cfg([f"pretrained={tmp_path / 'pre'}", "dataset=cb", "k_shot=8", "seed=3", "finetune_type=Z",

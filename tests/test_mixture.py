@@ -98,7 +98,7 @@ def test_promptsource_mixture_with_template_task_ids():
 
 
 def test_train_on_a_mixture_logs_per_task_metrics(tmp_path):
-    from mmpt.experiment import train
+    from mmpt.recipes import train
 
     cfg = compose_cfg(["model=t5_tiny", "method=poly_lora", "dataset=glue_superglue_mix",
                        "dataset.tasks=[wnli,cb]", "dataset.max_length=32", "dataset.max_eval_per_task=8",

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from conftest import compose_cfg, make_model, tiny_cfg, toy_batch
 from mmpt.errors import ConfigError, MMPTError
-from mmpt.experiment import train
+from mmpt.recipes import train
 from mmpt.models import build_model
 from mmpt.models.backbone import load_backbone
 

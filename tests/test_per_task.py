@@ -8,6 +8,7 @@ from conftest import TINY, compose_cfg, fit_batch, toy_batch
 from mmpt.data import get_task
 from mmpt.engine import checkpoint
 from mmpt.errors import ConfigError, MMPTError
+from mmpt.export.mappings import peft_mapping
 from mmpt.methods.prompt_tuning import init_tokens
 from mmpt.models import build_model
 from mmpt.models.backbone import load_backbone
@@ -130,7 +131,7 @@ def test_per_task_rows_fit_two_tasks_that_one_shared_row_cannot(method):
 
 
 def test_train_on_a_two_task_mixture_with_per_task_prompts(tmp_path):
-    from mmpt.experiment import train
+    from mmpt.recipes import train
 
     cfg = compose_cfg(["model=t5_tiny", "method=prompt_tuning", "method.per_task=true", "method.num_virtual_tokens=4",
                        "dataset=glue_superglue_mix", "dataset.tasks=[wnli,cb]", "dataset.max_length=32",
@@ -166,10 +167,10 @@ def test_per_task_false_is_the_single_shared_row(method):
 def test_per_task_prompts_are_refused_by_the_peft_export_and_bad_values_name_the_key():
     model = make("t5", "prompt_tuning")
     with pytest.raises(MMPTError, match="one batch different prompts"):
-        model.method.peft_mapping()
+        peft_mapping(model.method)
     with pytest.raises(MMPTError, match="one batch different prompts"):
-        make("t5", "prefix").method.peft_mapping()
-    assert make("t5", "prompt_tuning", per_task=False).method.peft_mapping().config["num_virtual_tokens"] == 3
+        peft_mapping(make("t5", "prefix").method)
+    assert peft_mapping(make("t5", "prompt_tuning", per_task=False).method).config["num_virtual_tokens"] == 3
     with pytest.raises(ConfigError, match=r"method\.per_task"):
         make("t5", "prefix", per_task="yes")
     with pytest.raises(ValueError, match="outside"):
@@ -179,8 +180,9 @@ def test_per_task_prompts_are_refused_by_the_peft_export_and_bad_values_name_the
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_finetuning_a_per_task_run_on_a_new_task_points_to_the_library(method):
     """Per-task rows have none for a held-out task: refused instead of silently using task 0's."""
-    from mmpt.finetune import route_new_task
+    from mmpt.recipes.transfer import FINETUNE_TYPES, route_new_task
 
-    assert route_new_task(make("t5", method, per_task=False).method, "new_row", "F") == 0  # shared: as before
+    F = FINETUNE_TYPES["F"]
+    assert route_new_task(make("t5", method, per_task=False).method, F, "F") == 0  # shared: as before
     with pytest.raises(ConfigError, match="library=<dir> finetune_type=routed"):
-        route_new_task(make("t5", method).method, "new_row", "F")
+        route_new_task(make("t5", method).method, F, "F")

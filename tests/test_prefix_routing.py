@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from conftest import make_model, tiny_cfg, toy_batch, fit_batch
 from mmpt.errors import ConfigError
+from mmpt.report.figures import draw
 from mmpt.models import build_model
 from test_cli import run_cli
 
@@ -166,10 +167,10 @@ def test_mask_init_has_the_configured_statistics():
 
 def test_mask_figure(tmp_path):
     model = make()
-    out = model.method.save_figures(tmp_path)
+    out = draw(model.method.figures(), tmp_path)
     assert out == {"mask_gates": str(tmp_path / "mask_gates.png")}
     assert (tmp_path / "mask_gates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert make(apply_adaptive_mask=False, apply_adaptive_subset_mask=False).method.save_figures(tmp_path / "x") == {}
+    assert make(apply_adaptive_mask=False, apply_adaptive_subset_mask=False).method.figures() == {}
 
 
 @pytest.mark.parametrize("over,key", [

@@ -13,13 +13,13 @@ from mmpt.data import get_task
 from mmpt.data.mixture import num_tasks
 from mmpt.engine import checkpoint
 from mmpt.errors import ConfigError
-from mmpt.experiment import head_tasks
-from mmpt.export.runs import load_run
-from mmpt.finetune import finetune
+from mmpt.data.mixture import tasks_of as head_tasks
+from conftest import load_run
+from mmpt.recipes import finetune
 from mmpt.library import Library
 from mmpt.library.__main__ import main as cli
 from mmpt.library.extract import build
-from mmpt.library.finetune import prepare_library_model
+from mmpt.recipes.library import prepare_library_model
 from mmpt.models import build_model
 from mmpt.models.backbone import load_tokenizer, minilm_dir
 

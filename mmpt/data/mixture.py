@@ -5,7 +5,7 @@ Every example carries its task id (`task_id_from: task` -> the task's position i
 `epoch_size` examples drawn with per-task rates (`mixing_rates`): proportional to the task sizes
 capped at `cap` (T5's examples-proportional mixing), uniform, or proportional to size^(1/T).
 Evaluation keeps the tasks apart: `val/<task>/<metric>` for each, and `val/avg` (the mean of the
-tasks' main metrics) selects the model. `MixtureData` has TaskData's interface (mmpt/experiment.py).
+tasks' main metrics) selects the model. `MixtureData` has TaskData's interface (task_data.py).
 """
 from __future__ import annotations
 
@@ -78,6 +78,16 @@ def task_keys(dcfg, names=None) -> list[str]:
         from mmpt.data.templates import template_names
         return [f"{n}/{t}" for n in names for t in template_names(n)]
     raise ConfigError("dataset.task_id_from", f"expected 'task' or 'template', got {by!r}")
+
+
+def tasks_of(dcfg) -> list:
+    """The Task behind each task id (families with heads build one head per task): the dataset's
+    task, or its mixture's tasks; [] for template ids (text-to-text backbones only, no heads)."""
+    if not dcfg.get("tasks"):
+        return [get_task(dcfg.name)]
+    if dcfg.get("task_id_from", "task") != "task":
+        return []
+    return [get_task(name) for name in dcfg.tasks]
 
 
 def num_tasks(dcfg) -> int:

@@ -19,14 +19,17 @@ log = logging.getLogger(__name__)
 
 
 class RunLogger:
-    def __init__(self, run_dir, cfg, enabled: bool | None = None):
+    """meta: the run's RunMeta (names and tags); cfg: the command's whole config, whose `logger`
+    group chooses W&B and which W&B stores as the run config (its logger group left out)."""
+
+    def __init__(self, run_dir, meta, cfg, enabled: bool | None = None):
         self.dir = Path(run_dir)
         self.enabled = distributed.is_main() if enabled is None else enabled  # only rank 0 writes
         self.wandb = None
         self.step = 0  # the last step logged: W&B history steps may not go back
         lcfg = cfg.get("logger") or {}
         if self.enabled and lcfg.get("name") == "wandb":
-            self.wandb = _start_wandb(lcfg, cfg, self.dir)
+            self.wandb = _start_wandb(lcfg, meta, cfg, self.dir)
 
     def log(self, event: str, values: dict, step: int) -> None:
         if not self.enabled:
@@ -78,7 +81,7 @@ class RunLogger:
             self.wandb.finish()
 
 
-def _start_wandb(lcfg, cfg, run_dir):
+def _start_wandb(lcfg, meta, cfg, run_dir):
     import wandb
 
     mode = lcfg.get("mode") or "online"
@@ -87,33 +90,21 @@ def _start_wandb(lcfg, cfg, run_dir):
         mode = "offline"
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("logger", None)  # never store credentials or logger internals in the run config
-    tags = [*_auto_tags(cfg), *(lcfg.get("tags") or [])]
+    tags = [*_auto_tags(meta), *(lcfg.get("tags") or [])]
     return wandb.init(project=lcfg.get("project"), entity=lcfg.get("entity"), group=lcfg.get("group") or _sweep_group(),
-                      name=lcfg.get("name_run") or run_name(cfg), tags=list(dict.fromkeys(tags)), mode=mode,
+                      name=lcfg.get("name_run") or run_name(meta), tags=list(dict.fromkeys(tags)), mode=mode,
                       dir=str(run_dir), config=config, reinit="finish_previous")
 
 
-def _method(cfg) -> str:
-    # finetune.py's config has no method group: name the run by its fine-tuning type
-    method = OmegaConf.select(cfg, "method.name", default=None)
-    return method or f"finetune_{cfg.get('finetune_type')}"
-
-
-def _model(cfg) -> str | None:
-    name = OmegaConf.select(cfg, "model.name_or_path", default=None)
-    if name:
-        return Path(str(name)).name  # a hub id's or a local directory's last part
-    return OmegaConf.select(cfg, "model.build", default=None)
-
-
-def _auto_tags(cfg) -> list[str]:
-    tags = [_method(cfg), OmegaConf.select(cfg, "dataset.name", default=None), _model(cfg)]
+def _auto_tags(meta) -> list[str]:
+    # a hub id's or a local directory's last part names the backbone
+    tags = [meta.kind, meta.dataset, Path(meta.backbone).name if meta.backbone else None]
     return [str(t)[:64] for t in tags if t]  # W&B refuses tags over 64 characters
 
 
-def run_name(cfg) -> str:
+def run_name(meta) -> str:
     """`<method>-<dataset>-s<seed>`, plus `-t<n>` for the n-th trial of a sweep."""
-    name = f"{_method(cfg)}-{OmegaConf.select(cfg, 'dataset.name', default='?')}-s{cfg.get('seed')}"
+    name = f"{meta.kind}-{meta.dataset}-s{meta.seed}"
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         name += f"-t{HydraConfig.get().job.num}"
     return name

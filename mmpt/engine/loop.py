@@ -10,6 +10,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 
 from mmpt.engine import checkpoint, distributed
 from mmpt.engine.evaluate import autocast, evaluate, to_device
-from mmpt.engine.optim import build_optimizer
+from mmpt.engine.optim import build_optimizer, check_groups
 from mmpt.errors import ConfigError, MMPTError
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class Progress:
     evaluated_at: int = -1
     train_time_s: float = 0.0  # time in training steps, summed over the resumed parts of the run
     total_time_s: float = 0.0  # wall time up to the last checkpoint, summed likewise
+    pruned: bool = False       # stopped by on_eval (a sweep's pruner), not by the schedule or patience
 
 
 def schedule_length(tcfg, batches_per_epoch: int) -> int:
@@ -71,11 +73,19 @@ def validate_trainer(t) -> None:
 
 
 class Trainer:
-    """Fits `model` on data.train, selecting on data.val; `run_dir/checkpoints/{last,best}`."""
+    """Fits `model` on data.train, selecting on data.val; `run_dir/checkpoints/{last,best}`.
 
-    def __init__(self, model, data, cfg, run_dir, logger, resume: bool = False):
-        self.model, self.data, self.cfg, self.t = model, data, cfg, cfg.trainer
-        self.logger, self.ckpt = logger, run_dir / "checkpoints"
+    The recipe hands over everything the loop needs: the model and data, `groups` ({name:
+    parameters}: exactly what trains, each with its own lr), the run's `meta` (RunMeta), the
+    `trainer` and `optimizer` settings, and `configurable`, the group names `optimizer.groups` may
+    configure (default: those of `groups`). `on_eval(step, val metrics) -> bool`, if given, is told
+    every evaluation's scores and returns True to stop the run there (a sweep pruning the trial).
+    """
+
+    def __init__(self, model, data, groups: dict, meta, tcfg, ocfg, run_dir, logger, resume: bool = False,
+                 configurable=None, on_eval=None):
+        self.model, self.data, self.t = model, data, tcfg
+        self.logger, self.ckpt, self.on_eval = logger, Path(run_dir) / "checkpoints", on_eval
         self.main = data.task.main_metric
         self.device = distributed.device()
         model.to(self.device)
@@ -84,9 +94,10 @@ class Trainer:
             model, find_unused_parameters=True,
             device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.total = schedule_length(self.t, data.train_batches)
-        self.opt, self.sched, self.groups = build_optimizer(model, cfg.optimizer, self.total)
+        check_groups(model, groups)
+        self.opt, self.sched, self.groups = build_optimizer(groups, ocfg, self.total, configurable)
         self.p = Progress()
-        self.meta = {"method": cfg.method.name, "model": cfg.model.get("name_or_path") or cfg.model.get("build")}
+        self.meta = {"method": meta.method, "model": meta.backbone}
         if resume:
             self._resume(run_dir)
         self._clock = time.perf_counter() - self.p.total_time_s
@@ -137,8 +148,10 @@ class Trainer:
         else:
             self.p.bad_evals += 1
         self.logger.log("eval", {**scores, "val/best": self.p.best, "epoch": self.p.epoch}, self.p.step)
+        if self.on_eval is not None and self.on_eval(self.p.step, scores):
+            self.p.pruned = True
         self._save_last()
-        return bool(self.t.patience) and self.p.bad_evals >= self.t.patience
+        return self.p.pruned or (bool(self.t.patience) and self.p.bad_evals >= self.t.patience)
 
     def _step(self) -> None:
         if self.t.grad_clip:

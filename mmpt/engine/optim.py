@@ -39,14 +39,17 @@ def _number(value, key: str, default=None) -> float:
     return float(value)
 
 
-def build_optimizer(model, cfg, total_steps: int):
-    """Return (optimizer, scheduler, summary rows [(group, n_params, lr, weight_decay)])."""
-    groups = model.param_groups()
-    check_groups(model, groups)
+def build_optimizer(groups: dict, cfg, total_steps: int, configurable=None):
+    """Return (optimizer, scheduler, summary rows [(group, n_params, lr, weight_decay)]).
+
+    groups: {name: parameters} that train. configurable: the names `optimizer.groups` may set
+    (default: the groups' own); a configured name outside it is refused, one inside it that does
+    not train here is unused (e.g. finetune.py's `backbone` lr under a type that trains adapters)."""
     configured = dict(cfg.get("groups") or {})
+    allowed = set(groups) if configurable is None else set(configurable)
     # An entry with every value null is a placeholder (e.g. `head`, used by encoder backbones only).
     unknown = sorted(k for k, v in configured.items()
-                     if k not in groups and any(x is not None for x in (v or {}).values()))
+                     if k not in allowed and any(x is not None for x in (v or {}).values()))
     if unknown:
         raise ConfigError(f"optimizer.groups.{unknown[0]}",
                           f"this method has no parameter group `{unknown[0]}` (it has {sorted(groups)})")

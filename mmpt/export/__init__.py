@@ -6,7 +6,6 @@
   (prefix_cache.py), where the backbone allows it.
 - `train.py ... init_from=peft:DIR` (importer.py): a PEFT adapter loaded into the run's method.
 
-Methods only declare how their parameters map to PEFT's names (`Method.peft_mapping()`, with the
-types in mapping.py); everything else about the formats lives here. Keep this file free of
-imports: mmpt.methods imports mapping.py.
+How each method's parameters map to PEFT's names is declared here too, registered by method name
+(mappings.py, with the types in mapping.py); the methods know nothing of PEFT.
 """

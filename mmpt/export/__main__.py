@@ -15,8 +15,10 @@ from pathlib import Path
 from mmpt.errors import MMPTError
 from mmpt.export import head, merged, peft_format
 from mmpt.export.mapping import ExportError
-from mmpt.export.runs import base_name, load_run, save_base
-from mmpt.experiment import head_tasks
+from mmpt.export.mappings import peft_mapping
+from mmpt.export.base_model import base_name, save_base
+from mmpt.data.mixture import tasks_of
+from mmpt.runs import load_model, open_run
 
 log = logging.getLogger("mmpt.export")
 
@@ -26,11 +28,12 @@ def export(run_dir, fmt: str, out, task_id: int = 0) -> Path:
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"--out {out} already exists and is not empty; choose a new directory")
-    cfg, model = load_run(run_dir)
+    run = open_run(run_dir, "export")
+    cfg, model = run.cfg, load_model(run)
     # Everything that can refuse runs before the first file is written.
     if fmt == "peft":
-        mapping = model.method.peft_mapping()
-        weights = peft_format.tensors(mapping, model.backbone)
+        mapping = peft_mapping(model.method)
+        weights = peft_format.tensors(mapping, model)
     else:
         backbone = merged.merge(model, task_id)
     tmp = out.with_name(out.name + ".tmp")
@@ -38,12 +41,12 @@ def export(run_dir, fmt: str, out, task_id: int = 0) -> Path:
     tmp.mkdir(parents=True)
     if fmt == "peft":
         base = base_name(cfg.model) or save_base(cfg.model, tmp)
-        peft_format.write(tmp, mapping, weights, model.backbone, base)
+        peft_format.write(tmp, mapping, weights, model, base)
     else:
         backbone.save_pretrained(tmp)
         model.tokenizer.save_pretrained(tmp)
-    if head.has_heads(model):
-        head.write(model, head_tasks(cfg.dataset), tmp)
+    if model.family.has_heads:
+        head.write(model, tasks_of(cfg.dataset), tmp)
     if out.exists():
         out.rmdir()
     tmp.rename(out)

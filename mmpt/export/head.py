@@ -15,10 +15,6 @@ from mmpt.export.mapping import ExportError
 WEIGHTS, INFO = "head.safetensors", "head.json"
 
 
-def has_heads(model) -> bool:
-    return hasattr(model, "heads")
-
-
 def write(model, tasks, out: Path) -> None:
     tensors = {f"{i}.{k}": v.detach().contiguous() for i, h in enumerate(model.heads)
                for k, v in h.state_dict().items()}

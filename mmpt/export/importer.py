@@ -1,7 +1,7 @@
 """init_from=peft:DIR: a PEFT adapter read into the run's method (then trained on, or only
 evaluated with trainer.max_steps=0).
 
-The run's method says what it would export (`peft_mapping()`); an adapter loads only if it is
+The run's method says what it would export (mappings.peft_mapping); an adapter loads only if it is
 exactly that shape: the same PEFT type and settings, the same adapted modules, the same base
 model. Anything else is a one-line error naming what differs.
 """
@@ -14,13 +14,12 @@ from safetensors.torch import load_file
 from mmpt.errors import ConfigError
 from mmpt.export import head, peft_format
 from mmpt.export.mapping import ExportError
-from mmpt.export.runs import base_name
+from mmpt.export.mappings import method_of, peft_mapping
+from mmpt.export.base_model import base_name
 from mmpt.methods.adapters import Wrapped
 
 log = logging.getLogger(__name__)
 
-METHOD_OF = {"LORA": "lora", "IA3": "ia3", "PROMPT_TUNING": "prompt_tuning", "PREFIX_TUNING": "prefix",
-             "POLY": "poly_lora"}
 # PEFT config field -> the mmpt key that sets it (for the error message)
 KEY_OF = {"r": "method.rank", "lora_alpha": "method.alpha", "num_virtual_tokens": "method.num_virtual_tokens",
           "n_skills": "method.n_skills", "n_splits": "method.n_splits", "n_tasks": "dataset (its number of tasks)",
@@ -38,7 +37,7 @@ def check_config(config: dict, mapping, method: str, where) -> None:
     want = mapping.config["peft_type"]
     got = config.get("peft_type")
     if got != want:
-        hint = f" (method={METHOD_OF[got]} reads it)" if got in METHOD_OF else ""
+        hint = f" (method={method_of(got)} reads it)" if method_of(got) else ""
         raise ConfigError("init_from", f"{where} is a PEFT {got} adapter; method {method} needs {want}{hint}")
     for k, v in mapping.config.items():
         if k not in NOT_COMPARED and _norm(config.get(k)) != _norm(v):
@@ -76,7 +75,7 @@ def check_base(config: dict, where: Path, model_cfg, backbone) -> None:
                           f"{mine or model_cfg.get('build')!r}")
 
 
-def load_tensors(tensors: dict, mapping, where, backbone) -> None:
+def load_tensors(tensors: dict, mapping, where, model) -> None:
     slots = peft_format.peft_keys(mapping)
     extra, missing = sorted(set(tensors) - set(slots)), sorted(set(slots) - set(tensors))
     if extra or missing:
@@ -89,7 +88,7 @@ def load_tensors(tensors: dict, mapping, where, backbone) -> None:
             raise ConfigError("init_from", f"{where}: `{key}` has shape {list(tensors[key].shape)}, "
                               f"this run's is {list(want)}")
         try:
-            value = slot.from_peft(peft_format.decode(tensors[key], mapping, backbone))
+            value = slot.from_peft(peft_format.decode(tensors[key], mapping, model))
         except ExportError as e:  # PEFT's prefix cannot mean mmpt's on this backbone
             raise ConfigError("init_from", f"{where}: {e}") from None
         seen = values.setdefault(id(slot.param), (slot.param, value))[1]
@@ -107,10 +106,10 @@ def init_from(spec, model, model_cfg, tasks) -> None:
         raise ConfigError("init_from", f"expected peft:<adapter directory>, got {spec!r}")
     where = Path(path).expanduser()
     config, tensors = peft_format.read(where)
-    mapping = model.method.peft_mapping()
+    mapping = peft_mapping(model.method)
     check_config(config, mapping, model.method.cfg.name, where)
     check_base(config, where, model_cfg, model.backbone)
-    load_tensors(tensors, mapping, where, model.backbone)
-    if head.has_heads(model) and not head.load(model, tasks, where):
+    load_tensors(tensors, mapping, where, model)
+    if model.family.has_heads and not head.load(model, tasks, where):
         log.warning("%s has no %s: the task heads start untrained", where, head.WEIGHTS)
     log.info("init_from: loaded the PEFT adapter %s", where)

@@ -1,7 +1,7 @@
 """What a method declares to be exported: PEFT's config fields for it and where each tensor goes.
 
-Methods build a `PeftMapping` in `peft_mapping()`; the rest of mmpt/export turns it into a PEFT
-adapter directory and back. This module imports nothing from mmpt, so methods can import it.
+Each method's registered mapping (mappings.py) builds a `PeftMapping`; the rest of mmpt/export
+turns it into a PEFT adapter directory and back.
 """
 from dataclasses import dataclass, field
 

@@ -5,8 +5,6 @@ merged Linear is read off the layer itself: the outputs for the unit vectors and
 W and b. No per-method formula, and the merged model computes exactly what the layer did.
 Poly runs mix skills per task: the weights of one task (`task_id`) are folded.
 """
-import contextlib
-
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -47,12 +45,11 @@ def merge(model, task_id: int = 0):
         raise ExportError(f"method {model.method.cfg.name} trains {sorted(groups - FOLDABLE)}, which add "
                           "inputs rather than weights and cannot be merged; use --format peft")
     backbone = model.backbone.eval()
-    routing = getattr(model.method, "routing", None)
-    n_tasks = getattr(model.method, "n_tasks", 1)
+    n_tasks = getattr(model.method, "n_tasks", 1)  # skill methods route task ids; others have one
     if not 0 <= task_id < n_tasks:
         raise ExportError(f"--task-id {task_id}: the run has task ids 0..{n_tasks - 1}")
     batch = {"task_id": torch.tensor([task_id])}
-    with routing(batch) if routing else contextlib.nullcontext():
+    with model.method.routing(batch):
         layers = {n: fold(m) for n, m in backbone.named_modules() if isinstance(m, Wrapped)}
     for name, linear in layers.items():
         parent, _, child = name.rpartition(".")

@@ -1,6 +1,6 @@
 """A run's method as a PEFT adapter directory (adapter_config.json + adapter_model.safetensors).
 
-The method says which tensors go where (`peft_mapping()`); this module adds what is the same for
+The method's registered mapping says which tensors go where (mappings.py); this module adds what is the same for
 every method: PEFT's key prefix, the task type, the base model's name, and the file layout that
 `PeftModel.from_pretrained(base, DIR)` reads.
 """
@@ -12,7 +12,6 @@ from safetensors.torch import load_file, save_file
 
 from mmpt.export import prefix_cache
 from mmpt.export.mapping import ExportError
-from mmpt.models.causal import is_causal_lm
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 # Prompt-learning tuners store bare keys; the others are named by module path under PeftModel.
@@ -20,11 +19,9 @@ PROMPT_TYPES = ("PROMPT_TUNING", "PREFIX_TUNING")
 TUNER_PREFIX = "base_model.model."
 
 
-def task_type(backbone) -> str:
-    """PEFT's task type for an mmpt backbone (it picks the PeftModel subclass that wraps it)."""
-    if backbone.config.is_encoder_decoder:
-        return "SEQ_2_SEQ_LM"
-    return "CAUSAL_LM" if is_causal_lm(backbone) else "FEATURE_EXTRACTION"
+def task_type(model) -> str:
+    """PEFT's task type for an mmpt model (it picks the PeftModel subclass that wraps it)."""
+    return model.family.peft_task_type
 
 
 def peft_keys(mapping) -> dict:
@@ -33,30 +30,30 @@ def peft_keys(mapping) -> dict:
     return {prefix + k: slot for k, slot in mapping.tensors.items()}
 
 
-def tensors(mapping, backbone) -> dict:
+def tensors(mapping, model) -> dict:
     """{PEFT key: tensor}; refuses (ExportError) what PEFT cannot compute as mmpt does."""
     out = {k: slot.to_peft() for k, slot in peft_keys(mapping).items()}
     if mapping.config["peft_type"] == "PREFIX_TUNING":  # PEFT's prefix sits in the cache: keys rotated
-        out = {k: prefix_cache.convert(t, backbone, mapping.config) for k, t in out.items()}
+        out = {k: prefix_cache.convert(t, model, mapping.config) for k, t in out.items()}
     return out
 
 
-def decode(tensor, mapping, backbone):
+def decode(tensor, mapping, model):
     """A PEFT tensor back in mmpt's layout (the inverse of what `tensors` did to it)."""
     if mapping.config["peft_type"] == "PREFIX_TUNING":
-        return prefix_cache.convert(tensor, backbone, mapping.config, inverse=True)
+        return prefix_cache.convert(tensor, model, mapping.config, inverse=True)
     return tensor
 
 
-def adapter_config(mapping, backbone, base: str | None) -> dict:
-    config = get_peft_config({**mapping.config, "task_type": task_type(backbone),
+def adapter_config(mapping, model, base: str | None) -> dict:
+    config = get_peft_config({**mapping.config, "task_type": task_type(model),
                               "base_model_name_or_path": base, "inference_mode": True})
     return config.to_dict()
 
 
-def write(out: Path, mapping, weights: dict, backbone, base: str | None) -> None:
+def write(out: Path, mapping, weights: dict, model, base: str | None) -> None:
     """Write a PEFT adapter (mapping, and `weights` from `tensors`) into `out` (which exists)."""
-    config = adapter_config(mapping, backbone, base)
+    config = adapter_config(mapping, model, base)
     save_file(weights, out / WEIGHTS, metadata={"format": "pt"})
     # PeftConfig.save_pretrained writes the same json (sets are lists there too)
     (out / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True, default=sorted))

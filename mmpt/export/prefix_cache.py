@@ -11,8 +11,6 @@ P..P+T-1, while mmpt's prefix has no position and the tokens keep 0..T-1 (docs/d
   and on an encoder-decoder (T5) the cache keys get relative position biases: no prefix makes up
   for either, so those runs are refused.
 """
-import sys
-
 import torch
 
 from mmpt.export.mapping import ExportError
@@ -22,16 +20,16 @@ FIXED_ROPE = ("default", "linear", "llama3", "yarn")
 WHY = "method prefix cannot be written as a PEFT adapter: "
 
 
-def _rope(backbone):
+def _rope(model):
     """(rotary embedding module, the family's apply_rotary_pos_emb), or the reason why not."""
+    backbone = model.backbone
     config = backbone.config
-    if config.is_encoder_decoder:
+    positions = model.family.positions(backbone)
+    if positions == "relative":
         raise ExportError(WHY + f"on {config.model_type} PEFT puts the prefix in the decoder's cache, where its keys "
                           "get relative position biases that mmpt's prefix keys do not have, and PEFT's layout "
                           "gives decoder layers l and l+L/2 one shared prefix (docs/differences.md)")
-    rope = getattr(backbone.base_model, "rotary_emb", None)
-    apply = getattr(sys.modules[type(backbone).__module__], "apply_rotary_pos_emb", None)
-    if rope is None or apply is None:
+    if positions != "rope":
         raise ExportError(WHY + f"PEFT's cache prefix moves the real tokens to positions P..P+T-1, which "
                           f"{config.model_type}'s learned absolute positions turn into other inputs; mmpt's "
                           "prefix leaves the positions alone (docs/differences.md)")
@@ -39,15 +37,15 @@ def _rope(backbone):
     if kind not in FIXED_ROPE:
         raise ExportError(WHY + f"{config.model_type}'s RoPE ({kind}) changes with the sequence length, so PEFT's "
                           "shift of the real tokens' positions cannot be undone on the prefix keys")
-    return rope, apply
+    return model.family.rotary(backbone)
 
 
 @torch.no_grad()
-def convert(table: torch.Tensor, backbone, config: dict, inverse: bool = False) -> torch.Tensor:
+def convert(table: torch.Tensor, model, config: dict, inverse: bool = False) -> torch.Tensor:
     """mmpt's prefix table -> PEFT's prompt_embeddings (inverse: back). Both are laid out
     [P, layer, key|value, key/value head, d_head]; only the keys change (rotated to position P).
     ExportError where PEFT's cache prefix cannot compute mmpt's prefix on this backbone."""
-    rope, apply = _rope(backbone)
+    rope, apply = _rope(model)
     p, layers, heads = config["num_virtual_tokens"], config["num_layers"], config["num_attention_heads"]
     kv = table.float().reshape(p, layers, 2, heads, config["token_dim"] // heads).clone()
     keys = kv[:, :, 0].reshape(-1, 1, 1, kv.shape[-1])  # every key its own row, at one position

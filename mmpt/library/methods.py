@@ -7,7 +7,6 @@ its directory (Library.cached).
 """
 import math
 import warnings
-from pathlib import Path
 
 import torch
 from peft.utils.merge_utils import ties
@@ -188,19 +187,17 @@ class Arrow(LibraryMethod):
         stats.update({f"experts/picked/{n}": p.item() for n, p in zip(self.expert_names, picks.mean(0))})
         return stats
 
-    def save_figures(self, run_dir) -> dict:
-        import json
-
-        from mmpt.report.heatmap import routing_heatmap  # matplotlib only when drawing
-
+    def figures(self) -> dict:
+        """expert_choice: the last evaluation's layer x expert routing weights (and every
+        evaluation's, as JSON beside the image)."""
         if self.last_choice is None:
             return {}
-        (Path(run_dir) / "expert_choice.json").write_text(json.dumps(
-            {"layers": list(self._layers), "experts": self.expert_names, "evals": self.history}))
-        path = routing_heatmap(self.last_choice.numpy(), list(self._layers), Path(run_dir) / "expert_choice.png",
-                               columns=self.expert_names, xlabel="expert", ylabel="layer",
-                               title=f"Arrow (top-{self.cfg.top_k}):\nmean routing weight", label="weight")
-        return {"experts/heatmap": str(path)}
+        return {"experts/heatmap": {
+            "kind": "heatmap", "file": "expert_choice.png", "values": self.last_choice.numpy(), "rows": list(self._layers),
+            "labels": {"columns": self.expert_names, "xlabel": "expert", "ylabel": "layer",
+                       "title": f"Arrow (top-{self.cfg.top_k}):\nmean routing weight", "label": "weight"},
+            "json": {"file": "expert_choice.json",
+                     "data": {"layers": list(self._layers), "experts": self.expert_names, "evals": self.history}}}}
 
 
 class Weighted(LibraryMethod):

@@ -6,7 +6,7 @@ it; a single-task run gives one, named after its task. The expert's file holds `
 `prefix` [P, sites * 2 * H * d_head]; every expert of a library must share the kind, backbone,
 length (and, for prefixes, placement), which `build` checks in one line.
 
-Reuse (the finetune types in prompt_types.py):
+Reuse (the library types in types.py):
 - RoutedPrompts: SMoP over the library's prompts, which stay frozen. The input router
   (mmpt/routers/input_router.py) gives p over the E experts; sum_topk p_e * prompt_e is prepended.
   Only the router trains.
@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from mmpt.data import get_task
 from mmpt.data.mixture import task_keys
-from mmpt.library.extract import backbone_of, extractor, run_info
+from mmpt.library.experts import EXTRACTORS, backbone_of, run_info
 from mmpt.library.store import Expert, LibraryError
 from mmpt.methods.base import Method
 from mmpt.methods.prefix_attention import table_to_state
@@ -60,13 +60,13 @@ def _compat(cfg, kind: str, table: torch.Tensor, **more) -> dict:
             "width": table.shape[-1], **more}
 
 
-@extractor("prompt_tuning")
+@EXTRACTORS.register("prompt_tuning")
 def prompt_experts(cfg, model, run) -> list:
     table = model.method.prompt
     return _experts(cfg, model, run, "prompt", table, _compat(cfg, "prompt", table))
 
 
-@extractor("prefix")
+@EXTRACTORS.register("prefix")
 def prefix_experts(cfg, model, run) -> list:
     table = model.method.prefix
     compat = _compat(cfg, "prefix", table, placement=model.method.cfg.placement)

@@ -1,10 +1,23 @@
-"""What every method shares: a frozen backbone, named parameter groups, batch -> model inputs."""
+"""What every method shares: a frozen backbone, named parameter groups, batch -> model inputs, and
+the optional hooks the recipes call (declared here with a no-op default, never looked up with hasattr).
+
+A method is a class registered in METHODS with its config dataclass (mmpt/registry.py):
+
+    @METHODS.register("lora", config=LoRAConfig)
+    class LoRA(Method): ...
+
+mmpt/methods/__init__.py imports every method module at its top, so the registry is complete once
+`mmpt.methods` is imported; a method defined elsewhere registers itself the same way.
+"""
 import abc
+from contextlib import nullcontext
 
 from torch import nn
 
 from mmpt.errors import ConfigError
-from mmpt.export.mapping import not_expressible
+from mmpt.registry import Registry
+
+METHODS = Registry("method", key="method.name")
 
 # The fixed vocabulary of parameter-group names; optimizer.groups.<name> configures each.
 GROUP_NAMES = ("backbone", "prompt", "prefix", "mask", "router", "shared_embedding",
@@ -31,6 +44,10 @@ def positive(cfg, key: str, zero_ok: bool = False) -> int:
 class Method(nn.Module, abc.ABC):
     """Base class. `info` carries shapes derived from the backbone (sites, widths, layers)."""
 
+    uses_router = False      # True: built with the `router` config group (which it must get)
+    skill_routing = False    # True: task-to-skill routing that fine-tuning can average (MuZ) or extend
+    summary_stats = None     # eval stats shown on screen at the end of a run (None: all of them)
+
     def __init__(self, cfg, backbone, info):
         super().__init__()
         self.cfg, self.info = cfg, info
@@ -43,15 +60,31 @@ class Method(nn.Module, abc.ABC):
     def param_groups(self) -> dict:
         """{group name: [parameters]}: exactly the parameters this method trains."""
 
-    # Why a PEFT adapter cannot express this method (python -m mmpt.export says it in one line).
-    peft_why_not = "PEFT has no tuner for it"
-
-    def peft_mapping(self):
-        """This method's parameters under PEFT's names and config (mmpt/export/mapping.py)."""
-        raise not_expressible(self.cfg.name, self.peft_why_not)
-
     def eval_stats(self, aux: list[dict]) -> dict:
         """Diagnostics over one evaluation, from the `aux` dicts `prepare` returned per batch."""
+        return {}
+
+    def routing(self, batch, repeat: int = 1):
+        """A context in which the adapter layers read this batch's routing weights during one
+        backbone call (repeat: rows per example, e.g. rank scoring's choices). Default: none."""
+        return nullcontext()
+
+    # -- fine-tuning hooks (mmpt/recipes/transfer.py) --
+    def add_task(self) -> int:
+        """Make room for a new task and return the task id its examples carry. Default: 0, as a
+        method without per-task parameters reads the same parameters for every id."""
+        return 0
+
+    def use_average(self) -> None:
+        """Replace learned task routing by the uniform average for good (MuZ). Default: nothing to average."""
+
+    def averaged(self):
+        """A context with uniform routing (zero-shot scoring). Default: the method as it is."""
+        return nullcontext()
+
+    # -- what a run shows (drawn by mmpt/report/figures.py, never by the method) --
+    def figures(self) -> dict:
+        """{name: figure data} (see mmpt/report/figures.py for the kinds). Default: none."""
         return {}
 
     def placement_sites(self, placement: str) -> list[str]:

@@ -1,10 +1,16 @@
 """Full fine-tuning: every backbone weight trains (one group, `backbone`)."""
-from mmpt.methods.base import Method
+from dataclasses import dataclass
+
+from mmpt.methods.base import METHODS, Method
 
 
+@dataclass
+class FullConfig:
+    name: str = "full"
+
+
+@METHODS.register("full", config=FullConfig)
 class Full(Method):
-    peft_why_not = "full fine-tuning changes the backbone itself (use --format merged)"
-
     def __init__(self, cfg, backbone, info):
         super().__init__(cfg, backbone, info)
         # A plain list, not a submodule: the backbone is registered once, by the model wrapper.

@@ -1,10 +1,21 @@
 """LoRA (Hu et al. 2021) on the Linear modules whose names match `method.target_modules`."""
+from dataclasses import dataclass
+
 from mmpt.errors import ConfigError
-from mmpt.export.mapping import PeftMapping, Slot
-from mmpt.methods.adapters import LoRALinear, transposed, wrap_linears
-from mmpt.methods.base import Method, positive
+from mmpt.methods.adapters import LoRALinear, wrap_linears
+from mmpt.methods.base import METHODS, Method, positive
 
 
+@dataclass
+class LoRAConfig:
+    name: str = "lora"
+    rank: int = 8                                     # r
+    alpha: float = 16                                 # the update is scaled by alpha / rank
+    dropout: float = 0.05                             # dropout on the adapter's input
+    target_modules: str = "${model.targets.lora}"     # regex, full match on Linear module names
+
+
+@METHODS.register("lora", config=LoRAConfig)
 class LoRA(Method):
     def __init__(self, cfg, backbone, info):
         super().__init__(cfg, backbone, info)
@@ -18,14 +29,10 @@ class LoRA(Method):
                                    lambda lin: LoRALinear(lin, rank, cfg.alpha, cfg.dropout))
         self._layers = list(self._named.values())
 
+    @property
+    def layers(self) -> dict:
+        """{module path in the backbone: LoRALinear}."""
+        return self._named
+
     def param_groups(self):
         return {"adapters": [p for m in self._layers for p in (m.lora_A, m.lora_B)]}
-
-    def peft_mapping(self):
-        # PEFT's LoRA: same A [r, d_in], B [d_out, r] and scale lora_alpha / r (use_rslora off), also
-        # on GPT-2's Conv1D, where PEFT only needs to know that the base weight is stored [in, out]
-        config = {"peft_type": "LORA", "r": self.rank, "lora_alpha": self.cfg.alpha,
-                  "lora_dropout": self.cfg.dropout, "target_modules": sorted(self._named),
-                  "fan_in_fan_out": transposed(self._layers)}
-        return PeftMapping(config, {f"{name}.lora_{x}.weight": Slot(getattr(m, f"lora_{x}"))
-                                    for name, m in self._named.items() for x in "AB"})

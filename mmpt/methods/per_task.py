@@ -10,10 +10,6 @@ import torch
 
 from mmpt.errors import ConfigError
 
-PER_TASK_WHY_NOT = ("PEFT's prompt-learning tuners hold one prompt per adapter and cannot give the examples "
-                    "of one batch different prompts (per_task=true)")
-
-
 def per_task_rows(cfg, info) -> int | None:
     """The number of task rows for `method.per_task: true` (the data's task ids), else None."""
     per_task = cfg.get("per_task", False)  # configs written before the key existed: shared

@@ -8,20 +8,39 @@ reference's layers each call theirs); nothing outlives that call.
 """
 import abc
 from contextlib import contextmanager
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from mmpt.errors import ConfigError
-from mmpt.export.mapping import PeftMapping, Slot, not_expressible
-from mmpt.methods.adapters import PolyIA3Linear, PolyLoRALinear, transposed, wrap_linears
-from mmpt.methods.base import Method, positive
-from mmpt.routers.skills import GRANULARITIES, Average, Poly, Table, build_selector, group_key, routing_stats
+from mmpt.methods.adapters import PolyIA3Linear, PolyLoRALinear, wrap_linears
+from mmpt.methods.base import METHODS, Method, positive
+from mmpt.routers.skills import GRANULARITIES, Average, Table, build_selector, group_key, routing_stats
+
+
+@dataclass
+class PolyLoRAConfig:
+    name: str = "poly_lora"
+    n_skills: int = 8          # adapters in each bank
+    n_splits: int = 1          # routing heads per layer; > 1 is MHR
+    rank: int = 16             # LoRA rank of every skill
+    alpha: float = 1           # the update is scaled by alpha / rank (1 / rank: the MTTL seed)
+    dropout: float = 0.0       # dropout on the adapter's input
+    target_modules: str = "${model.targets.poly}"
+
+
+@dataclass
+class PolyIA3Config:
+    name: str = "poly_ia3"
+    n_skills: int = 8
+    n_splits: int = 1
+    target_modules: str = "${model.targets.ia3}"
 
 
 class PolySkills(Method):
     uses_router = True
+    skill_routing = True
 
     def __init__(self, cfg, backbone, info, router_cfg):
         super().__init__(cfg, backbone, info)
@@ -70,7 +89,7 @@ class PolySkills(Method):
             for layer in self._layers.values():
                 layer.weights = None
 
-    # -- fine-tuning hooks (mmpt/finetune.py) --
+    # -- fine-tuning hooks (mmpt/recipes/transfer.py) --
     def _averages(self) -> nn.ModuleDict:
         return nn.ModuleDict({k: Average(self.n_tasks, self.n_splits, self.n_skills) for k in self.selectors})
 
@@ -86,6 +105,15 @@ class PolySkills(Method):
             yield
         finally:
             self.selectors = saved
+
+    @property
+    def layers(self) -> dict:
+        """{module path in the backbone: skill-bank layer}."""
+        return self._layers
+
+    def selector_of(self, name: str):
+        """The selector that routes the adapted module `name`."""
+        return self.selectors[self._key[name]]
 
     def add_task(self) -> int:
         """Append a fresh routing row for a new task to every selector; return the new task id."""
@@ -108,19 +136,17 @@ class PolySkills(Method):
     def eval_stats(self, aux):
         return routing_stats(self.allocation(trained_only=True))
 
-    def save_figures(self, run_dir) -> dict:
-        from mmpt.report.heatmap import routing_heatmap, task_names  # matplotlib only when drawing
-
+    def figures(self) -> dict:
+        """routing_heatmap: the task x skill allocation (mean over selectors and splits); its rows
+        are the task ids, which the recipe names."""
         probs = self.allocation()
         weights = (probs / probs.sum(-1, keepdim=True).clamp_min(1e-12)).mean((0, 2))  # [tasks, skills]
-        path = routing_heatmap(weights.numpy(), task_names(run_dir, self.n_tasks),
-                               Path(run_dir) / "routing_heatmap.png")
-        return {"routing/heatmap": str(path)}
+        return {"routing/heatmap": {"kind": "heatmap", "file": "routing_heatmap.png", "values": weights.numpy(),
+                                    "rows": "task_ids"}}
 
 
+@METHODS.register("poly_lora", config=PolyLoRAConfig)
 class PolyLoRA(PolySkills):
-    peft_why_not = "PEFT's poly tuner takes the poly selector only"
-
     def configure(self, cfg):
         self.rank = positive(cfg, "rank")
         if not 0 <= cfg.dropout < 1:
@@ -132,31 +158,9 @@ class PolyLoRA(PolySkills):
     def adapter_params(self):
         return [p for m in self._layers.values() for p in (m.lora_A, m.lora_B)]
 
-    def peft_mapping(self):
-        # PEFT's poly tuner: the same A/B bank layout and eval routing (sigmoid, normalised), a
-        # router per adapted module (a selector shared by several modules is written to each),
-        # and a fixed scale 1 / r: B is stored times alpha so that B_peft / r = (alpha / r) B.
-        odd = [type(s).__name__.lower() for s in self.selectors.values() if type(s) is not Poly]
-        odd += ["shared_skill"] * any(getattr(s, "shared_skill", False) for s in self.selectors.values())
-        odd += ["fine-tuned routing rows"] * any(len(getattr(s, "frozen", ())) for s in self.selectors.values())
-        if odd:
-            raise not_expressible(self.cfg.name, f"{self.peft_why_not} (this run: {odd[0]})")
-        if transposed(self._layers.values()):
-            raise not_expressible(self.cfg.name, "PEFT's poly tuner adapts torch.nn.Linear layers only, and this "
-                                  "run adapts Conv1D layers (GPT-2)")
-        config = {"peft_type": "POLY", "poly_type": "poly", "r": self.rank, "n_tasks": self.n_tasks,
-                  "n_skills": self.n_skills, "n_splits": self.n_splits, "target_modules": sorted(self._layers)}
-        tensors = {}
-        for name, m in self._layers.items():
-            tensors[f"{name}.poly_lora_A"] = Slot(m.lora_A)
-            tensors[f"{name}.poly_lora_B"] = Slot(m.lora_B, scale=self.cfg.alpha)
-            tensors[f"{name}.poly_router.module_logits"] = Slot(self.selectors[self._key[name]].logits)
-        return PeftMapping(config, tensors)
 
-
+@METHODS.register("poly_ia3", config=PolyIA3Config)
 class PolyIA3(PolySkills):
-    peft_why_not = "PEFT's poly tuner mixes LoRA skills only"
-
     def make_layer(self, linear):
         return PolyIA3Linear(linear, self.n_skills, self.n_splits)
 

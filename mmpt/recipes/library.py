@@ -1,0 +1,62 @@
+"""Library transfer: `finetune.py library=DIR finetune_type=T`, a library's experts on a held-out task.
+
+The library type (mmpt/library/types.py) builds the method over the library's frozen experts on a
+fresh backbone and names what learns; encoder backbones also train the new task's head. A type
+that trains nothing on a text-to-text backbone is evaluated as it is (zero-shot: no training loop).
+"""
+import logging
+
+from omegaconf import OmegaConf, open_dict
+from transformers import set_seed
+
+from mmpt.data import get_task
+from mmpt.engine import distributed
+from mmpt.engine.logging import RunLogger
+from mmpt.engine.loop import validate_trainer
+from mmpt.engine.meta import RunMeta
+from mmpt.errors import ConfigError
+from mmpt.library.store import Library
+from mmpt.library.types import setup_of
+from mmpt.methods.base import GROUP_NAMES
+from mmpt.models import backbone_name, build_model
+from mmpt.recipes.common import chosen_groups, evaluate_only, fit_and_test, load_task
+from mmpt.runs import run_dir
+
+log = logging.getLogger(__name__)
+
+
+def prepare_library_model(lib, ftype: str, opts, task):
+    """(model, {group: parameters trained}) of a library finetune_type for `task` (task id 0)."""
+    entry = setup_of(lib.kind, ftype)
+    model = build_model(OmegaConf.create(lib.index["model"]), None, None, n_tasks=1, tasks=[task],
+                        make_method=lambda backbone, info: entry.obj(lib, opts, backbone, info))
+    head = list(model.heads.parameters()) if model.family.has_heads else []  # the new task's head
+    trains = entry.extra["trains"]
+    trains = trains(model.method) if callable(trains) else tuple(trains)
+    if not trains and not head:
+        return model, {}
+    return model, chosen_groups(model, trains, head)
+
+
+def finetune(cfg, on_eval=None) -> dict:
+    validate_trainer(cfg.trainer)
+    if cfg.get("pretrained"):
+        raise ConfigError("library", "set pretrained= (a train.py run) or library= (a library), not both")
+    lib, ftype = Library(cfg.library), cfg.get("finetune_type")
+    setup_of(lib.kind, ftype)  # before the run dir is made
+    out = run_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    with open_dict(cfg):
+        if cfg.dataset.get("format") is None:  # the experts' runs: fixed formats
+            cfg.dataset.format = "fixed"
+    set_seed(cfg.seed)
+    model, groups = prepare_library_model(lib, ftype, cfg.get("experts") or {}, get_task(cfg.dataset.name))
+    data = load_task(cfg, model.tokenizer, 0)
+    model.to(distributed.device())
+    log.info("library %s (%d %s experts) on %s: %s", lib.path, len(lib.names), lib.kind, cfg.dataset.name, ftype)
+    meta = RunMeta(f"library_{ftype}", backbone_name(lib.index["model"]), cfg.dataset.name, cfg.seed,
+                   label=f"finetune_{ftype}")
+    logger = RunLogger(out, meta, cfg)
+    if not groups:
+        return evaluate_only(cfg, model, data, out, logger)
+    return fit_and_test(cfg, model, data, groups, meta, out, logger, configurable=GROUP_NAMES, on_eval=on_eval)

@@ -1,0 +1,18 @@
+"""The router registry: `router.name` -> a router class and its config (conf/router/<name>.yaml).
+
+Two kinds live here (`extra["kind"]`): `input` routers (input-conditioned, used by prefix_routing
+and prompt_routing) and `skills` selectors (task-to-skill weights, used by poly_lora / poly_ia3).
+"""
+from dataclasses import dataclass
+
+from mmpt.registry import Registry
+
+ROUTERS = Registry("router", key="router.name")
+
+
+@dataclass
+class NoRouterConfig:
+    name: str = "none"
+
+
+ROUTERS.register("none", config=NoRouterConfig, kind="none")(None)  # methods that route nothing
