@@ -10,6 +10,7 @@ import logging
 import sys
 
 from mmpt.errors import MMPTError
+from mmpt.models.backbone import backbone_name
 
 
 def table(lib) -> str:
@@ -17,7 +18,7 @@ def table(lib) -> str:
     c = lib.compat
     targets = c.get("targets") or []
     head = [f"library {lib.path} (id {lib.id}): {len(lib.names)} {lib.kind} experts",
-            f"backbone {lib.index['model'].get('name_or_path') or lib.index['model'].get('build')}"
+            f"backbone {backbone_name(lib.index['model'])}"
             + (f", rank {c['rank']}" if "rank" in c else "")
             + (f", {len(targets)} target modules ({targets[0]}, ...)" if targets else "")]
     cols = ("name", "method", "task", "skill", "val_metric", "val_score", "source")
