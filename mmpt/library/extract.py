@@ -123,10 +123,10 @@ def collect(sources) -> tuple:
 
     runs = [r for s in sources for r in find_runs(s)]
     configs = {run: read_config(run) for run in runs}
-    # one stub expert per run: the backbone check names the odd run before any loading
-    stubs = [Expert(f"{c.dataset.name} run", c.method.name, {},
+    # one stub expert per run: the backbone check names the odd run (task and folder) before any loading
+    stubs = [Expert(c.dataset.name, c.method.name, {},
                     {"backbone": backbone_of(OmegaConf.to_container(c.model, resolve=True))},
-                    {"source": str(r)}) for r, c in configs.items()]
+                    {"task": c.dataset.name, "source": str(r.resolve())}) for r, c in configs.items()]
     check_compatible(stubs)
     experts = []
     for run, cfg in configs.items():
