@@ -155,6 +155,11 @@ def prepare_model(pre, best, ftype: str, new_task=None):
 
 
 def finetune(cfg) -> dict:
+    if cfg.get("model") is not None:  # conf/finetune.yaml's `model: null` slot exists only to say so
+        source = f"library={cfg.library} (its index.json)" if cfg.get("library") else \
+            f"pretrained={cfg.get('pretrained')} (its .hydra/config.yaml)"
+        raise ConfigError("model", f"finetune.py takes the backbone from {source}; drop model= (got "
+                          f"{cfg.model.get('name_or_path') or cfg.model.get('build')}; debug=fast sets it too)")
     validate_trainer(cfg.trainer)
     if cfg.get("library"):  # reuse a library of experts (mmpt/library) instead of one pretrained run
         from mmpt.library.finetune import finetune_library
