@@ -1,11 +1,13 @@
 """Expert libraries: build / show from lora and poly_lora runs, one-line refusals, and the five
 library finetune types (Arrow, uniform, TIES, weighted, library_poly) against hand computations."""
 import json
+import shutil
 import zlib
 
 import pytest
 import torch
 from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
 
 from conftest import compose_cfg, toy_batch
 from mmpt.data import get_task
@@ -103,8 +105,87 @@ def test_mixed_experts_are_refused_in_one_line_naming_the_odd_one(runs, tmp_path
     assert cli(["build", "--out", str(tmp_path / "lib"), str(runs["cb"]), str(other), str(runs["rte"])]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert f"expert `rte" in err and str(tmp_path / "odd") in err and why in err
+    assert f"expert `rte` (task rte, run {tmp_path / 'odd'}) has" in err and why in err
+    assert f"but expert `cb` (task cb, run {runs['cb'].resolve()}) has" in err  # the expert it differs from
     assert not (tmp_path / "lib").exists()
+
+
+def test_experts_of_one_task_on_two_backbones_are_told_apart_by_their_runs(tmp_path, capsys):
+    """Same task, so same name: only the run folders (both shown) tell the two experts apart."""
+    a, b = make_run(tmp_path / "a", "lora", "cb"), make_run(tmp_path / "b", "lora", "cb", "model.d_model=48")
+    assert cli(["build", "--out", str(tmp_path / "lib"), str(a), str(b)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: expert `cb` (task cb, run {b}) has backbone t5_tiny (d_model=48), but expert `cb` "
+                   f"(task cb, run {a}) has t5_tiny (d_model=32): a library holds experts of one backbone, "
+                   "targets and rank")
+
+
+def files_of(path) -> dict:
+    return {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def lib_copy(lib, tmp_path):
+    return shutil.copytree(lib.path, tmp_path / "lib")
+
+
+def edit_index(lib_dir, edit) -> None:
+    index = json.loads((lib_dir / "index.json").read_text())
+    edit(index)
+    (lib_dir / "index.json").write_text(json.dumps(index))
+
+
+def refused_by_show(lib_dir, capsys) -> str:
+    before = files_of(lib_dir)
+    assert cli(["show", str(lib_dir)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert files_of(lib_dir) == before  # show changes nothing
+    return err.strip()
+
+
+def test_show_refuses_a_library_whose_expert_file_was_deleted(lib_copy, capsys):
+    row = json.loads((lib_copy / "index.json").read_text())["experts"][1]
+    (lib_copy / "experts" / "rte.safetensors").unlink()
+    assert refused_by_show(lib_copy, capsys) == (
+        f"error: library {lib_copy}: the file of expert `rte` (task rte, run {row['source']}), "
+        f"{lib_copy / 'experts' / 'rte.safetensors'}, is missing; expected experts/<name>.safetensors as build "
+        "wrote it; a library is written once by `python -m mmpt.library build`: rebuild it from its runs")
+
+
+@pytest.mark.parametrize("edit, why", [
+    (lambda i: i["experts"][0].update(name=None), "experts[0] (name None) has null as its `name`"),
+    (lambda i: i["experts"][1].pop("task"), "experts[1] (name 'rte') has no `task`"),
+    (lambda i: i["experts"][1].update(name="cb"), "two experts are named `cb`"),
+    (lambda i: i["experts"][1].update(file="../index.json"), "has file '../index.json', outside the library"),
+    (lambda i: i.pop("compat"), "`compat` is missing; expected a non-empty object"),
+    (lambda i: i.update(experts=[]), "`experts` is []; expected a non-empty list"),
+])
+def test_a_hand_edited_index_is_refused_naming_the_file_and_field(lib_copy, capsys, edit, why):
+    edit_index(lib_copy, edit)
+    err = refused_by_show(lib_copy, capsys)
+    assert err.startswith(f"error: {lib_copy / 'index.json'}: ") and why in err, err
+
+
+def test_experts_with_other_tensors_than_the_first_are_refused(lib_copy, capsys):
+    tensors = load_file(lib_copy / "experts" / "rte.safetensors")
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name][:1]  # e.g. another rank
+    save_file(tensors, lib_copy / "experts" / "rte.safetensors")
+    err = refused_by_show(lib_copy, capsys)
+    assert f"{lib_copy / 'experts' / 'rte.safetensors'} has `{name}` [1, " in err
+    assert f"but {lib_copy / 'experts' / 'cb.safetensors'} has [2, " in err
+
+
+@pytest.mark.parametrize("ftype", ["uniform", "arrow"])
+def test_finetune_types_refuse_a_broken_library_before_writing(lib_copy, tmp_path, ftype):
+    edit_index(lib_copy, lambda i: i["experts"][1].pop("task"))
+    before = files_of(lib_copy)
+    cfg = compose_cfg([f"library={lib_copy}", "dataset=cb", f"finetune_type={ftype}", "k_shot=4"],
+                      config_name="finetune", run_dir=tmp_path / "run")
+    with pytest.raises(LibraryError, match=r"index.json: experts\[1\] \(name 'rte'\) has no `task`"):
+        finetune(cfg)
+    assert not (tmp_path / "run").exists() and files_of(lib_copy) == before
 
 
 def test_other_bad_sources_are_one_line_errors(runs, tmp_path):

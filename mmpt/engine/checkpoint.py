@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from mmpt import tensorfile
 from mmpt.errors import CheckpointError
 
 WEIGHTS, STATE, META, DONE = "trainable.safetensors", "state.pt", "meta.json", "COMPLETE"
@@ -118,10 +118,7 @@ def load_weights(path, model, strict: bool = True, skip=()) -> dict:
     path = Path(path)
     if not (path / DONE).exists():
         raise CheckpointError(f"{path} is not a complete mmpt checkpoint (no {DONE} marker)")
-    try:
-        weights = load_file(path / WEIGHTS)
-    except (OSError, SafetensorError) as e:
-        raise CheckpointError(f"checkpoint {path / WEIGHTS} cannot be read: {e}") from None
+    weights = tensorfile.load(path / WEIGHTS, CheckpointError, "checkpoint's weights")
     own = dict(model.named_parameters())
     meta = read_meta(path)
     unknown = sorted(set(weights) - set(own))

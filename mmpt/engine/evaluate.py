@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from mmpt.engine import distributed
+from mmpt.engine import distributed, progress
 from mmpt.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def normalise(text: str) -> str:
 
 @torch.no_grad()
 def predict(model, loader, choices_of, mode: str = "rank", max_new_tokens: int = 10, precision=None,
-            length_norm: float = 0):
+            length_norm: float = 0, desc: str = "eval"):
     """Return ({index: predicted choice, -1 if no label matched}, {index: decoded text}, [aux dicts]).
 
     The decoded texts exist in generate mode only (rank mode decodes nothing: the dict is empty).
@@ -39,15 +39,18 @@ def predict(model, loader, choices_of, mode: str = "rank", max_new_tokens: int =
     scores its rows of each batch and the predictions are gathered, so all processes return all.
     length_norm (rank mode): each choice's summed log-likelihood is divided by its token count to
     this power (0: the plain sum; only text-to-text models score choices token by token).
+    `desc` names the loop in its progress bar (or lines, off a terminal).
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     preds, texts, aux_all = {}, {}, []
+    bar = progress.bar(progress.length(loader), desc, enabled=distributed.is_main(), leave=False)
     for batch in loader:
         batch = to_device(distributed.shard(batch), device)
         idx = batch["index"].tolist()
         if not idx:
+            bar.update(1)
             continue
         with autocast(device, precision):
             if mode == "rank":
@@ -67,6 +70,8 @@ def predict(model, loader, choices_of, mode: str = "rank", max_new_tokens: int =
                 pred.append(names.index(normalise(text)) if normalise(text) in names else -1)
         preds.update(zip(idx, pred))
         aux_all.append({k: v.cpu() if torch.is_tensor(v) else v for k, v in aux.items()})
+        bar.update(1)
+    bar.close()
     model.train(was_training)
     if distributed.world_size() > 1:
         parts = distributed.gather_objects((preds, texts, aux_all))
@@ -85,7 +90,8 @@ def check_length_norm(model, value) -> None:
                           "classifier head, not token by token: use 0")
 
 
-def evaluate(model, loader, examples, task, mode="rank", max_new_tokens=10, precision=None, length_norm=0):
+def evaluate(model, loader, examples, task, mode="rank", max_new_tokens=10, precision=None, length_norm=0,
+             desc="eval"):
     """Metrics (with `invalid_rate` in generate mode), prediction rows and routing diagnostics.
 
     In generate mode each row also has `output`, the decoded text, so that outputs that match no
@@ -94,7 +100,7 @@ def evaluate(model, loader, examples, task, mode="rank", max_new_tokens=10, prec
     # a mixture's examples may each have their own choices (promptsource templates)
     choices = getattr(task, "choices_of", lambda ex: task.verbalizers)
     preds, texts, aux = predict(model, loader, lambda i: choices(examples[i]), mode, max_new_tokens, precision,
-                                length_norm)
+                                length_norm, desc)
     order = [preds[i] for i in range(len(examples))]
     metrics = task.metrics(order, examples)
     if mode == "generate":

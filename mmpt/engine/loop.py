@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
-from mmpt.engine import checkpoint, distributed
+from mmpt.engine import checkpoint, distributed, progress
 from mmpt.engine.evaluate import autocast, evaluate, to_device
 from mmpt.engine.optim import build_optimizer, check_groups
 from mmpt.errors import ConfigError, MMPTError
@@ -134,7 +133,7 @@ class Trainer:
         with checkpoint.rng_untouched():  # whether and how often we evaluate leaves training alone
             metrics, rows, stats = evaluate(self.model, self.data.loader("val"), self.data.val, self.data.task,
                                             self.t.eval_mode, self.t.max_new_tokens, self.t.get("precision"),
-                                            self.t.get("rank_length_norm", 0))
+                                            self.t.get("rank_length_norm", 0), desc=f"val (step {self.p.step})")
         score = metrics[self.main]
         scores = {f"val/{k}": v for k, v in {**metrics, **stats}.items()}  # the names metrics.json uses
         self.p.evaluated_at = self.p.step
@@ -180,8 +179,7 @@ class Trainer:
             log.info("group %-16s %10d params  lr %.2e  weight_decay %.1e", name, n, lr, wd)
         self.model.train()
         accum, stop = self.t.grad_accum, self.p.step >= self.total
-        bar = tqdm(total=self.total, initial=self.p.step, desc="train", dynamic_ncols=True,
-                   disable=not self.logger.enabled)
+        bar = progress.bar(self.total, "train", enabled=self.logger.enabled, initial=self.p.step)
         while not stop:
             start, micro, loss_sum = time.perf_counter(), 0, 0.0
             with checkpoint.rng_untouched():  # iter() draws a seed; a resumed run does it mid-epoch
@@ -197,9 +195,10 @@ class Trainer:
                 if micro % accum and not last_batch:
                     continue
                 self._step()
-                bar.update(1)
                 lrs = {f"lr/{g['name']}": g["lr"] for g in self.opt.param_groups}
-                bar.set_postfix(loss=f"{loss_sum / micro:.4f}", lr=f"{self.opt.param_groups[0]['lr']:.2e}")
+                bar.set_postfix(loss=f"{loss_sum / micro:.4f}", lr=f"{self.opt.param_groups[0]['lr']:.2e}",
+                                refresh=False)  # drawn (or logged) by the update
+                bar.update(1)
                 if self.p.step % self.t.log_every == 0:
                     self.logger.log("train", {"train/loss": loss_sum / micro, **lrs, "epoch": self.p.epoch},
                                     self.p.step)

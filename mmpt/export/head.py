@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from mmpt import tensorfile
 from mmpt.export.mapping import ExportError
 
 WEIGHTS, INFO = "head.safetensors", "head.json"
@@ -30,12 +31,16 @@ def load(model, tasks, path: Path) -> bool:
     """Load the heads written by `write` into an encoder model; False when the directory has none."""
     if not (path / WEIGHTS).is_file():
         return False
-    info = json.loads((path / INFO).read_text())["heads"]
+    try:
+        info = json.loads((path / INFO).read_text())["heads"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ExportError(f"{path / INFO}: cannot read the heads' description ({tensorfile.reason(e)}); "
+                          f"expected the JSON written beside {WEIGHTS}, with a `heads` list") from None
     mine = [t.name for t in tasks]
     if [h["task"] for h in info] != mine or any(h["labels"] != list(t.verbalizers) for h, t in zip(info, tasks)):
         raise ExportError(f"{path / INFO}: heads for tasks {[h['task'] for h in info]} with their labels; "
                           f"this run's dataset needs {mine}")
-    tensors = load_file(path / WEIGHTS)
+    tensors = tensorfile.load(path / WEIGHTS, ExportError, "task heads")
     with torch.no_grad():
         for i, head in enumerate(model.heads):
             for k, v in head.state_dict(keep_vars=True).items():

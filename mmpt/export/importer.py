@@ -9,8 +9,8 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
+from mmpt import tensorfile
 from mmpt.errors import ConfigError
 from mmpt.export import head, peft_format
 from mmpt.export.mapping import ExportError
@@ -65,7 +65,8 @@ def check_base(config: dict, where: Path, model_cfg, backbone) -> None:
     if local is not None and list(local.glob("*.safetensors")):
         state = _clean_state(backbone)
         for f in sorted(local.glob("*.safetensors")):
-            for name, t in load_file(f).items():
+            weights = tensorfile.load(f, lambda m: ConfigError("init_from", m), "base model weights")
+            for name, t in weights.items():
                 if name not in state or state[name].shape != t.shape or not torch.equal(state[name].detach().cpu(), t):
                     raise ConfigError("init_from", f"{where}: its base model {local} differs from this run's "
                                       f"model (first at `{name}`); choose the model the adapter was trained on")

@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 from peft.mapping import get_peft_config
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from mmpt import tensorfile
 from mmpt.export import prefix_cache
 from mmpt.export.mapping import ExportError
 
@@ -65,6 +66,10 @@ def read(path) -> tuple[dict, dict]:
     if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
         raise ExportError(f"{path} is not a PEFT adapter directory (needs {CONFIG} and {WEIGHTS})")
     try:
-        return json.loads((path / CONFIG).read_text()), load_file(path / WEIGHTS)
+        config = json.loads((path / CONFIG).read_text())
     except (OSError, ValueError) as e:
-        raise ExportError(f"{path}: cannot read the adapter ({e})") from None
+        raise ExportError(f"{path / CONFIG}: cannot read the adapter's config ({tensorfile.reason(e)}); "
+                          "expected the JSON PEFT writes") from None
+    if not isinstance(config, dict):
+        raise ExportError(f"{path / CONFIG}: expected a JSON object (PEFT's adapter config), got {type(config).__name__}")
+    return config, tensorfile.load(path / WEIGHTS, ExportError, "adapter weights")

@@ -45,10 +45,10 @@ def collect(sources) -> tuple:
     """(experts, model config) of every run under `sources`. Configs are checked first (a mixed
     backbone is refused before any model is loaded)."""
     runs = [open_source(r) for s in sources for r in find_runs(s)]
-    # one stub expert per run: the backbone check names the odd run before any loading
-    stubs = [Expert(f"{r.cfg.dataset.name} run", r.cfg.method.name, {},
+    # one stub expert per run: the backbone check names the odd run (task and folder) before any loading
+    stubs = [Expert(r.cfg.dataset.name, r.cfg.method.name, {},
                     {"backbone": backbone_of(OmegaConf.to_container(r.cfg.model, resolve=True))},
-                    {"source": str(r.path)}) for r in runs]
+                    {"task": r.cfg.dataset.name, "source": str(r.path.resolve())}) for r in runs]
     check_compatible(stubs)
     experts = []
     for run in runs:

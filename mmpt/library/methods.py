@@ -12,6 +12,7 @@ import torch
 from peft.utils.merge_utils import ties
 from torch import nn
 
+from mmpt.engine import distributed, progress
 from mmpt.errors import CheckpointError
 from mmpt.methods.adapters import ADAPTABLE, Wrapped, dims
 from mmpt.methods.base import Method
@@ -29,8 +30,15 @@ def prototype(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
 
 
 def prototypes(stack: dict) -> dict:
-    """{module: [E, d_in]}: every expert's prototype at every layer (Arrow)."""
-    return {m: torch.stack([prototype(a, b) for a, b in zip(A, B)]) for m, (A, B) in stack.items()}
+    """{module: [E, d_in]}: every expert's prototype at every layer (Arrow): a QR and an SVD per
+    expert and layer, thousands for a large library, so it shows progress (once: then cached)."""
+    out = {}
+    total = sum(len(A) for A, _ in stack.values())
+    with progress.bar(total, "arrow prototypes", enabled=distributed.is_main(), leave=False) as bar:
+        for m, (A, B) in stack.items():
+            out[m] = torch.stack([prototype(a, b) for a, b in zip(A, B)])
+            bar.update(len(A))
+    return out
 
 
 def uniform_merge(stack: dict) -> dict:

@@ -8,6 +8,8 @@
 train.py and finetune.py at the repository root are thin @hydra.main wrappers around `train` and
 `finetune`.
 """
+from mmpt.errors import ConfigError
+from mmpt.models import backbone_name
 from mmpt.recipes import library, transfer
 from mmpt.recipes.train import train
 
@@ -16,5 +18,10 @@ __all__ = ["train", "finetune"]
 
 def finetune(cfg, on_eval=None) -> dict:
     """finetune.py: a library's experts (library=DIR) or a train.py run's skills (pretrained=RUN)."""
+    if cfg.get("model") is not None:  # conf/finetune.yaml's `model: null` slot exists only to say so
+        source = f"library={cfg.library} (its index.json)" if cfg.get("library") else \
+            f"pretrained={cfg.get('pretrained')} (its .hydra/config.yaml)"
+        raise ConfigError("model", f"finetune.py takes the backbone from {source}; drop model= (got "
+                          f"{backbone_name(cfg.model)}; debug=fast sets it too)")
     recipe = library if cfg.get("library") else transfer
     return recipe.finetune(cfg, on_eval=on_eval)

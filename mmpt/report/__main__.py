@@ -20,23 +20,32 @@ INTRO = ("Test score of the best-val checkpoint in the task's main metric (named
          "method differ.")
 
 
+RUNS = "folders with metrics.json and .hydra/config.yaml, as train.py and finetune.py write them"
+
+
 def collect_all(roots: list[Path]) -> tuple[pd.DataFrame, int]:
-    """The runs under every root (their `run` names prefixed by the root when there are several)."""
+    """The runs under every root (their `run` names prefixed by the root when there are several).
+    A root with no run at all (e.g. a mistyped or empty folder) is refused, as is no finished run."""
     frames, incomplete = [], 0
     for root in roots:
         runs, n = collect(root)
+        if runs.empty and not n:
+            raise MMPTError(f"{root}: no runs in it or under it (expected {RUNS}); nothing written")
         if len(roots) > 1 and not runs.empty:
             runs["run"] = [f"{root.as_posix()}/{r}" for r in runs["run"]]
         frames.append(runs)
         incomplete += n
-    return pd.concat(frames, ignore_index=True), incomplete
+    runs = pd.concat(frames, ignore_index=True)
+    if runs.empty:
+        raise MMPTError(f"no finished runs found under {', '.join(map(str, roots))}: {incomplete} incomplete "
+                        "(no metrics.json: killed, failed or still running); nothing written")
+    return runs, incomplete
 
 
 def report(roots: list[Path], out: Path, baseline: str | None) -> str:
-    runs, incomplete = collect_all(roots)
+    runs, incomplete = collect_all(roots)  # before anything is written: a refused report writes nothing
+    out.mkdir(parents=True, exist_ok=True)
     lines = [f"# Results in {', '.join(r.as_posix() for r in roots)}", ""]
-    if runs.empty:
-        return "\n".join(lines + ["No finished runs found.", f"{incomplete} incomplete runs ignored."])
     groups = group(runs)
     if baseline:
         groups = compare(groups, baseline)
@@ -90,7 +99,6 @@ def main(argv=None) -> int:
         print("error: several DIRs: name the folder for the report with --out", file=sys.stderr)
         return 2
     out = args.out or args.dirs[0]
-    out.mkdir(parents=True, exist_ok=True)
     try:
         text = report(args.dirs, out, args.baseline) + "\n"
     except MMPTError as e:
