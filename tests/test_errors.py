@@ -72,6 +72,16 @@ def test_a_model_folder_without_a_tokenizer_names_the_key(tmp_path):
     assert model.config.model_type == "bert"
 
 
+def test_a_truncated_weights_file_of_a_local_model_is_one_line_naming_it(tmp_path):
+    weights = tiny_bert(tmp_path / "bert") / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    run_dir = tmp_path / "run"
+    proc = run_cli(run_dir, "model=local", f"model.name_or_path={tmp_path / 'bert'}", "method=lora", "dataset=cb")
+    assert_one_line(proc, run_dir, "model.name_or_path")
+    assert f"{weights}: cannot read the model weights" in proc.stderr
+
+
 def test_an_unknown_mixture_task_blames_dataset_tasks(tmp_path):
     cfg = compose_cfg(["model=t5_tiny", "method=lora", "dataset=glue_mix", "dataset.tasks=[cola,foo]"],
                       run_dir=tmp_path)

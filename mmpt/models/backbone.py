@@ -8,11 +8,13 @@ MiniLM package, so they need no download and no tokenizer training.
 import logging
 import os
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from mmpt import tensorfile
 from mmpt.errors import ConfigError, MMPTError
 from mmpt.models.family import family_of, family_of_build, supported
 
@@ -124,6 +126,9 @@ def load(cfg):
     if local and not os.path.isfile(os.path.join(os.path.expanduser(name), "config.json")):
         raise ConfigError("model.name_or_path", f"`{name}` has no config.json: not a model directory "
                           "(expected one written by save_pretrained)")
+    if local:  # a truncated or corrupt weights file: one line naming it, not safetensors' traceback
+        for weights in sorted(Path(os.path.expanduser(name)).glob("*.safetensors")):
+            tensorfile.shapes(weights, lambda m: ConfigError("model.name_or_path", m), "model weights")
     try:
         config = AutoConfig.from_pretrained(name)
         tokenizer = _tokenizer(cfg.get("tokenizer") or name)
