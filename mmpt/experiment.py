@@ -175,7 +175,8 @@ def fit_and_test(cfg, model, data, out: Path, logger, extra: dict | None = None)
     """Train, reload the best-val weights, evaluate them on val and test, write metrics.json
     (with `extra`, e.g. fine-tuning's zero-shot scores). Shared by train() and finetune()."""
     check_length_norm(model, cfg.trainer.get("rank_length_norm", 0))  # before training, not at the first eval
-    if cfg.trainer.eval_mode == "generate" and not model.backbone.config.is_encoder_decoder:
+    # the wrapper knows whether it decodes (T5 and causal LMs do; encoders with heads do not)
+    if cfg.trainer.eval_mode == "generate" and not model.can_generate:
         raise ConfigError("trainer.eval_mode", f"this {model.backbone.config.model_type} backbone is an encoder "
                           "with classification heads and no decoder: it cannot generate; use trainer.eval_mode=rank")
     trainer = Trainer(model, data, cfg, out, logger, resume=cfg.get("resume", False))

@@ -70,6 +70,7 @@ def last_real(mask: torch.Tensor) -> torch.Tensor:
 
 
 class CausalLM(TextToText):
+    can_generate = True  # trainer.eval_mode=generate: greedy decoding with the cache (generate)
     def _states(self, kw, **extra):
         """Last hidden states of the decoder stack (the LM head is applied only where needed)."""
         return self.backbone.base_model(**kw, **extra).last_hidden_state

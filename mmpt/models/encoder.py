@@ -34,6 +34,7 @@ def shapes(model) -> dict:
 
 
 class EncoderClassifier(nn.Module):
+    can_generate = False  # heads over pooled states: nothing to decode (eval_mode=rank only)
     def __init__(self, backbone, tokenizer, method, tasks, pool_prompt: bool = False):
         super().__init__()
         self.backbone, self.method, self.tokenizer = backbone, method, tokenizer

@@ -59,6 +59,7 @@ class TextToText(nn.Module):
 
 
 class Seq2SeqModel(TextToText):
+    can_generate = True  # trainer.eval_mode=generate: greedy decoding below
 
     def forward(self, batch):
         """Mean token cross-entropy of the gold targets; also returns the method's diagnostics."""
