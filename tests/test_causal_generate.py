@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from conftest import compose_cfg, fit_batch
 from mmpt.engine import checkpoint
 from mmpt.engine.evaluate import evaluate, predict
-from mmpt.experiment import load_task_data, train
+from mmpt.experiment import load_data, train
 from mmpt.models import build_model, load_backbone
 from test_causal import BACKBONES, batch_for, left_padded, make, single
 
@@ -57,6 +57,7 @@ def test_decoded_labels_are_the_rank_classification_choices(trained):
     assert len(labelled) >= 2, texts
     assert all(generated[i] == ranked[i] for i in labelled), (texts, ranked)
 
+
 @pytest.mark.parametrize("arch", ["llama_tiny", "gpt2_tiny"])
 def test_a_generate_run_writes_outputs_that_agree_with_rank_classification(arch, tmp_path):
     """eval_mode=generate was refused on causal LMs (the check asked the HF config for an encoder-decoder).
@@ -79,7 +80,7 @@ def test_a_generate_run_writes_outputs_that_agree_with_rank_classification(arch,
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.method)
     checkpoint.load_weights(checkpoint.find(tmp_path / "checkpoints" / "best"), model)
-    data = load_task_data(cfg, model.tokenizer, cfg.seed)
+    data = load_data(cfg, model.tokenizer, cfg.seed)
     _, ranked, _ = evaluate(model, data.loader("test"), data.test, data.task, "rank")
     by_id = {r["id"]: r["prediction"] for r in ranked}
     assert [r["prediction"] for r in labelled] == [by_id[r["id"]] for r in labelled]
