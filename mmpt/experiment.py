@@ -12,7 +12,7 @@ from transformers import set_seed
 from mmpt.data import EncodedSplit, get_task, load_splits, make_loader, num_batches, resolve_data_dir
 from mmpt.data.mixture import load_mixture, num_tasks
 from mmpt.data.splits import kshot
-from mmpt.engine import checkpoint, distributed
+from mmpt.engine import checkpoint, cost, distributed
 from mmpt.engine.evaluate import check_length_norm, evaluate
 from mmpt.engine.logging import RunLogger
 from mmpt.engine.loop import Trainer, validate_trainer
@@ -189,6 +189,9 @@ def fit_and_test(cfg, model, data, out: Path, logger, extra: dict | None = None)
     metrics.update(**(extra or {}), best_step=progress.best_step, trainable_params=n_train,
                    train_time_s=round(progress.train_time_s, 2), optimized_metric_key=main,
                    total_time_s=round(trainer.elapsed(), 2))  # both summed over resumed parts
+    # what the run cost: peak memory, training throughput, adapter and backbone sizes
+    best_dir = checkpoint.find(out / "checkpoints" / "best")
+    metrics.update(cost.costs(model, progress.tokens, progress.train_time_s, best_dir, trainer.device))
     if hasattr(model.method, "save_figures"):  # e.g. learned mask gates, routing heatmaps
         for key, path in model.method.save_figures(out).items():
             logger.image(key, path)

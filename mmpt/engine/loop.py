@@ -15,7 +15,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from mmpt.engine import checkpoint, distributed
+from mmpt.engine import checkpoint, cost, distributed
 from mmpt.engine.evaluate import autocast, evaluate, to_device
 from mmpt.engine.optim import build_optimizer
 from mmpt.errors import ConfigError, MMPTError
@@ -38,6 +38,7 @@ class Progress:
     evaluated_at: int = -1
     train_time_s: float = 0.0  # time in training steps, summed over the resumed parts of the run
     total_time_s: float = 0.0  # wall time up to the last checkpoint, summed likewise
+    tokens: int = 0            # tokens of the training batches so far (engine/cost.py)
 
 
 def schedule_length(tcfg, batches_per_epoch: int) -> int:
@@ -175,6 +176,7 @@ class Trainer:
                 batches = iter(self.data.loader("train", epoch=self.p.epoch, skip=self.p.batch))
             for batch in batches:
                 loss, value = self._loss(batch)
+                self.p.tokens += cost.batch_tokens(batch)
                 if not math.isfinite(value):
                     raise TrainingError(f"loss is {value} at step {self.p.step} (epoch {self.p.epoch}); "
                                         "lower the learning rates (optimizer.groups.*.lr) or enable trainer.grad_clip")

