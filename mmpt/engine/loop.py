@@ -15,7 +15,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from mmpt.engine import checkpoint, cost, distributed
+from mmpt.engine import checkpoint, cost, distributed, recompute
 from mmpt.engine.evaluate import autocast, evaluate, to_device
 from mmpt.engine.optim import build_optimizer
 from mmpt.errors import ConfigError, MMPTError
@@ -80,6 +80,7 @@ class Trainer:
         self.main = data.task.main_metric
         self.device = distributed.device()
         model.to(self.device)
+        recompute.enable(model, self.t.get("gradient_checkpointing", False))
         # DDP averages gradients across processes; routes/skills a batch does not use get none.
         self.net = model if distributed.world_size() == 1 else DistributedDataParallel(
             model, find_unused_parameters=True,

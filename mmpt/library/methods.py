@@ -237,5 +237,6 @@ class _Weights:
             layer.weights = w
 
     def __exit__(self, *exc):
-        for layer in self.method._layers.values():
-            layer.weights = None
+        if not self.method.recomputed:  # gradient checkpointing reads them again in backward
+            for layer in self.method._layers.values():
+                layer.weights = None

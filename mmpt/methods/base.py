@@ -31,6 +31,11 @@ def positive(cfg, key: str, zero_ok: bool = False) -> int:
 class Method(nn.Module, abc.ABC):
     """Base class. `info` carries shapes derived from the backbone (sites, widths, layers)."""
 
+    # Set by gradient checkpointing (engine/recompute.py): the backbone's blocks run their forward
+    # again during backward, after a `routing` context has closed, so such a context leaves its
+    # weights on the layers until the next call replaces them.
+    recomputed = False
+
     def __init__(self, cfg, backbone, info):
         super().__init__()
         self.cfg, self.info = cfg, info
