@@ -12,7 +12,7 @@ from transformers import set_seed
 from mmpt.data import EncodedSplit, get_task, load_splits, make_loader, num_batches, resolve_data_dir
 from mmpt.data.mixture import load_mixture, num_tasks
 from mmpt.data.splits import kshot
-from mmpt.engine import checkpoint, cost, distributed
+from mmpt.engine import checkpoint, cost, distributed, sharding
 from mmpt.engine.evaluate import check_length_norm, evaluate
 from mmpt.engine.logging import RunLogger
 from mmpt.engine.loop import Trainer, validate_trainer
@@ -193,7 +193,9 @@ def fit_and_test(cfg, model, data, out: Path, logger, extra: dict | None = None)
     best_dir = checkpoint.find(out / "checkpoints" / "best")
     metrics.update(cost.costs(model, progress.tokens, progress.train_time_s, best_dir, trainer.device))
     if hasattr(model.method, "save_figures"):  # e.g. learned mask gates, routing heatmaps
-        for key, path in model.method.save_figures(out).items():
+        with sharding.gathered(model):  # fsdp: the method's tables whole
+            figures = model.method.save_figures(out)
+        for key, path in figures.items():
             logger.image(key, path)
     logger.finish(metrics)
     return metrics

@@ -12,10 +12,9 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from mmpt.engine import checkpoint, cost, distributed, recompute
+from mmpt.engine import checkpoint, cost, distributed, recompute, sharding
 from mmpt.engine.evaluate import autocast, evaluate, to_device
 from mmpt.engine.optim import build_optimizer
 from mmpt.errors import ConfigError, MMPTError
@@ -79,12 +78,10 @@ class Trainer:
         self.logger, self.ckpt = logger, run_dir / "checkpoints"
         self.main = data.task.main_metric
         self.device = distributed.device()
+        strategy = sharding.strategy(cfg)  # trainer.strategy: ddp | fsdp (engine/sharding.py)
         model.to(self.device)
         recompute.enable(model, self.t.get("gradient_checkpointing", False))
-        # DDP averages gradients across processes; routes/skills a batch does not use get none.
-        self.net = model if distributed.world_size() == 1 else DistributedDataParallel(
-            model, find_unused_parameters=True,
-            device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.net = sharding.wrap(model, strategy, self.device)
         self.total = schedule_length(self.t, data.train_batches)
         self.opt, self.sched, self.groups = build_optimizer(model, cfg.optimizer, self.total)
         self.p = Progress()
@@ -102,7 +99,7 @@ class Trainer:
         if last is not None:
             checkpoint.load_weights(last, self.model)
             state = checkpoint.load_state(last)
-            self.opt.load_state_dict(state["optimizer"])
+            sharding.load_optimizer_state(self.model, self.opt, state["optimizer"])
             self.sched.load_state_dict(state["scheduler"])
             self.p = Progress(**state["progress"])
             checkpoint.set_rng_state(state["rng"])
@@ -114,10 +111,11 @@ class Trainer:
 
     def _save_last(self) -> None:
         self.p.total_time_s = self.elapsed()
-        state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+        state = {"optimizer": sharding.optimizer_state(self.model, self.opt), "scheduler": self.sched.state_dict(),
                  "progress": asdict(self.p)}
+        weights = checkpoint.trainable_state(self.model)  # every process: fsdp gathers the shards
         if distributed.is_main():
-            checkpoint.save(self.ckpt / "last", self.model, {**self.meta, "step": self.p.step}, state)
+            checkpoint.save(self.ckpt / "last", self.model, {**self.meta, "step": self.p.step}, state, weights)
         distributed.barrier()
 
     def _eval(self) -> bool:
@@ -131,11 +129,13 @@ class Trainer:
         self.p.evaluated_at = self.p.step
         if score > self.p.best:
             self.p.best, self.p.best_step, self.p.bad_evals = score, self.p.step, 0
+            weights = checkpoint.trainable_state(self.model)  # every process: fsdp gathers the shards
             if distributed.is_main():
                 # the scores and predictions travel with the weights: the final evaluation reuses
                 # them instead of scoring val again (experiment.final_eval)
                 val_eval = {"metrics": metrics, "stats": stats, "rows": rows}
-                checkpoint.save(self.ckpt / "best", self.model, {**self.meta, "step": self.p.step, "val_eval": val_eval})
+                checkpoint.save(self.ckpt / "best", self.model, {**self.meta, "step": self.p.step, "val_eval": val_eval},
+                                weights=weights)
         else:
             self.p.bad_evals += 1
         self.logger.log("eval", {**scores, "val/best": self.p.best, "epoch": self.p.epoch}, self.p.step)
