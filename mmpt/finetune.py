@@ -80,7 +80,8 @@ def restrict(model, names, head=()) -> dict:
     `backbone` = every backbone weight no method group owns; names None = every group."""
     groups = {k: v for k, v in model.method.param_groups().items() if v}
     owned = {id(p) for ps in groups.values() for p in ps}
-    rest = [p for p in model.backbone.parameters() if id(p) not in owned]
+    # a quantized backbone's integer weights cannot train: F trains its float ones (embeddings, norms, head)
+    rest = [p for p in model.backbone.parameters() if id(p) not in owned and p.is_floating_point()]
     groups["backbone"] = groups.get("backbone", []) + rest
     names = sorted(groups) if names is None else names
     missing = [n for n in names if not groups.get(n)]

@@ -20,8 +20,10 @@ from mmpt.methods.adapters import LoRALinear, PolyLoRALinear
 
 EXTRACTORS = {}
 
-# Model config keys that do not change the backbone's weights (dropout, adapter defaults, pooling)
-NOT_BACKBONE = ("dropout", "targets", "pool_prompt")
+# Model config keys that do not change the backbone's float weights (dropout, adapter defaults,
+# pooling, and how the frozen weights were quantized: experts trained on a 4-bit backbone and on
+# its float source share one library)
+NOT_BACKBONE = ("dropout", "targets", "pool_prompt", "quantization", "double_quant", "compute_dtype")
 
 
 def extractor(method: str):

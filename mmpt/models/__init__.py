@@ -23,7 +23,7 @@ def build_model(model_cfg, method_cfg, router_cfg=None, n_tasks: int = 1, tasks=
     from mmpt.methods import METHODS, build_method  # methods import models.seq2seq helpers
 
     if make_method is None:  # before loading: e.g. method=full on a 4-bit backbone
-        quantize.check_method(model_cfg, METHODS.get(method_cfg.get("name")))
+        quantize.check_method(model_cfg, method_cfg.get("name"), METHODS.get(method_cfg.get("name")))
     backbone, tokenizer = load_backbone(model_cfg)
     fill_targets(model_cfg, backbone.config)  # model=local: the adapter targets of the loaded family
     backbone.requires_grad_(False)

@@ -122,12 +122,12 @@ def settle(model):
     return model
 
 
-def check_method(model_cfg, method_cls, key: str = "method") -> None:
+def check_method(model_cfg, name: str, method_cls) -> None:
     """Refuse a method that trains the backbone's own weights on a quantized backbone."""
     if quantized(model_cfg) and getattr(method_cls, "trains_backbone", False):
-        raise ConfigError(key, f"{getattr(method_cls, 'name', method_cls.__name__)} trains the backbone's "
-                          f"weights, which a {kind(model_cfg)} backbone holds as frozen integers: choose an "
-                          "adapter, prompt or prefix method, or model.quantization=none")
+        raise ConfigError("method", f"{name} trains the backbone's weights, which a {kind(model_cfg)} backbone "
+                          "holds as frozen integers: choose an adapter, prompt or prefix method, or "
+                          "model.quantization=none")
 
 
 def is_quantized_param(p) -> bool:
