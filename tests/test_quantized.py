@@ -103,3 +103,119 @@ def test_cli_refuses_an_unknown_quantization_in_one_line(tmp_path):
     assert out.stderr.strip().splitlines() == ["error: config error at `model.quantization`: expected one of "
                                                "['none', 'nf4', 'fp4', 'int8'], got 'int4'"]
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+# -- whole runs: resume, PEFT, merged, fine-tuning, libraries --
+Q4 = ["model=llama_tiny", "model.quantization=nf4", "method=lora", "dataset=cb", "dataset.max_length=64",
+      "k_shot=32", "trainer.batch_size=8", "trainer.max_steps=6", "trainer.eval_every=3", "trainer.log_every=1",
+      "optimizer.groups.adapters.lr=3e-2", "seed=4"]
+
+
+def run(out, *args, config_name="train"):
+    """train() / finetune() as the scripts run them, with the config Hydra saves in the run dir."""
+    from mmpt.experiment import train
+    from mmpt.finetune import finetune
+
+    cfg = compose_cfg(list(args), config_name=config_name, run_dir=out)
+    (out / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
+    return (finetune if config_name == "finetune" else train)(cfg)
+
+
+@pytest.fixture(scope="module")
+def q4_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("q4") / "run"
+    run(out, *Q4)
+    return out
+
+
+def test_a_killed_quantized_run_resumes_exactly(tmp_path):
+    from test_resume import assert_same_run, run as script  # real train.py processes, SIGKILLed mid-run
+
+    args = [a for a in Q4 if not a.startswith("trainer.eval_every")] + ["trainer.eval_every=2"]
+    script("train.py", tmp_path / "full", args)
+    script("train.py", tmp_path / "cut", args, kill_at="step:4")
+    script("train.py", tmp_path / "cut", args, resume=True)
+    assert_same_run(tmp_path / "full", tmp_path / "cut")
+
+
+def test_a_4bit_lora_export_runs_in_peft_on_the_same_4bit_base_and_imports_back(q4_run, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from mmpt.export.__main__ import export
+    from mmpt.export.runs import load_run
+
+    out = export(q4_run, "peft", tmp_path / "peft")
+    cfg, model = load_run(q4_run)
+    # the float base beside the adapter, loaded the way the run loaded its backbone
+    base = AutoModelForCausalLM.from_pretrained(out / "base_model", **quantize.load_kwargs(cfg.model))
+    theirs = PeftModel.from_pretrained(quantize.settle(base), out).eval()
+    q_proj = theirs.base_model.model.model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj.base_layer, bnb.nn.Linear4bit)
+    ids = torch.randint(1000, 5000, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mine = model.backbone(input_ids=ids).logits
+        peft_logits = theirs(input_ids=ids).logits
+    trained = model.method._layers[0].lora_B.abs().max()
+    assert trained > 0 and torch.allclose(mine, peft_logits, atol=1e-5), (mine - peft_logits).abs().max()
+    back = tmp_path / "back"
+    run(back, *Q4, f"init_from=peft:{out}", "trainer.max_steps=0")
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (q4_run, back))
+    tests = {k: v for k, v in a.items() if k.startswith("test/")}
+    assert tests and {k: b[k] for k in tests} == tests
+    assert (q4_run / "predictions" / "test.jsonl").read_text() == (back / "predictions" / "test.jsonl").read_text()
+    # the adapter of another (float) backbone is refused: its base does not quantize to this one
+    other = OmegaConf.merge(cfg.model, {"init_seed": 1})
+    with pytest.raises(ConfigError, match="differs from this run's model"):
+        from mmpt.export.importer import check_base
+
+        check_base(json.loads((out / "adapter_config.json").read_text()), out, other, load_backbone(other)[0])
+
+
+def test_merged_export_of_a_4bit_run_is_its_dequantized_float_model(q4_run, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from mmpt.export.__main__ import export
+    from mmpt.export.runs import load_run
+
+    out = export(q4_run, "merged", tmp_path / "merged")
+    net = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    _, model = load_run(q4_run)
+    ids = torch.randint(1000, 5000, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(net(input_ids=ids).logits, model.backbone(input_ids=ids).logits, atol=1e-5)
+
+
+def test_finetune_from_a_quantized_pretraining_run(q4_run, tmp_path):
+    over = [f"pretrained={q4_run}", "dataset=rte", "dataset.max_length=64", "k_shot=16", "trainer.max_steps=2",
+            "trainer.eval_every=2"]
+    m = run(tmp_path / "A", *over, "finetune_type=A", config_name="finetune")
+    assert "test/acc" in m and m["backbone_mb"] > 0
+    f = run(tmp_path / "F", *over, "finetune_type=F", config_name="finetune")
+    # F trains what can train: the adapters and the backbone's float weights, not its 4-bit ones
+    base, _ = load_backbone(OmegaConf.merge(OmegaConf.load(q4_run / ".hydra" / "config.yaml").model, {}))
+    floats = sum(p.numel() for p in base.parameters() if p.is_floating_point())
+    assert f["trainable_params"] == floats + m["trainable_params"]
+
+
+def test_a_library_takes_experts_of_a_4bit_backbone_and_of_its_float_source(q4_run, tmp_path):
+    from mmpt.engine import checkpoint
+    from mmpt.library import Library, LibraryError
+    from mmpt.library.extract import build
+
+    def float_run(path, *over):
+        cfg = compose_cfg([a for a in Q4 if "quantization" not in a] + ["dataset=rte", *over], run_dir=path)
+        torch.manual_seed(0)
+        model = build_model(cfg.model, cfg.method, cfg.get("router"))
+        (path / ".hydra").mkdir(parents=True)
+        OmegaConf.save(cfg, path / ".hydra" / "config.yaml")
+        checkpoint.save(path / "checkpoints" / "best", model, {"method": "lora"})
+        return path
+
+    lib = Library(build(tmp_path / "lib", [q4_run, float_run(tmp_path / "f32")]))
+    assert sorted(lib.names) == ["cb", "rte"]
+    with pytest.raises(LibraryError, match="init_seed"):
+        build(tmp_path / "lib2", [q4_run, float_run(tmp_path / "other", "model.init_seed=1")])
