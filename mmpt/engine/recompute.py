@@ -23,5 +23,9 @@ def enable(model, on) -> None:
     if not getattr(backbone, "supports_gradient_checkpointing", False):
         raise ConfigError("trainer.gradient_checkpointing", f"this {backbone.config.model_type} backbone has "
                           "no gradient checkpointing in transformers: set it to false")
-    backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(backbone, "activation_checkpointing_enable"):  # transformers >= 5.2x's name for it
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.method.recomputed = True
