@@ -47,11 +47,12 @@ def _nbytes(t) -> int:
 def backbone_bytes(backbone, trained=()) -> int:
     """Bytes of the backbone's own weights (parameters not in `trained`, the ids of the method's
     parameters) plus the quantization constants bitsandbytes keeps beside integer weights."""
-    total = 0
+    total, seen = 0, set(trained)
     for module in backbone.modules():
         for p in module.parameters(recurse=False):
-            if id(p) in trained:
+            if id(p) in seen:  # trained, or tied (an LM head that is the input embedding) and counted
                 continue
+            seen.add(id(p))
             total += _nbytes(p)
             state = getattr(p, "quant_state", None)  # 4-bit: block scales (and their own constants)
             if state is not None:
