@@ -1,7 +1,8 @@
 """trainer.strategy=fsdp: 2 CPU processes (gloo) under torchrun train exactly like 1 process (dropout
 and routing noise off) for lora, prefix_routing and poly_lora on llama_tiny and t5_tiny; the
-checkpoints hold the whole trainable tensors in today's format (export reads them); a killed FSDP
-run resumes exactly; fsdp outside torchrun and on a quantized backbone is one line."""
+checkpoints hold the whole trainable tensors in today's format (export reads them); finetune.py
+runs with it too; a killed FSDP run resumes exactly; fsdp outside torchrun and on a quantized
+backbone is one line."""
 import json
 import os
 import subprocess
@@ -9,7 +10,6 @@ import sys
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from conftest import DATA, ROOT, compose_cfg
@@ -29,9 +29,18 @@ RUNS = {f"{model}-{method}": [f"model={model}", f"method={method}", *NOISE_OFF[m
         for model in ("llama_tiny", "t5_tiny") for method in NOISE_OFF}
 
 
+def finetune_of(run: str) -> list:
+    """finetune.py (Poly: skills + a new routing row) on the run `run` of the same launch."""
+    return ["finetune:pretrained=OUT/" + run, "dataset=rte", "finetune_type=Poly", "k_shot=16", "dataset.max_length=64",
+            "trainer.batch_size=8", "trainer.max_steps=4", "trainer.eval_every=2", "trainer.log_every=1", "seed=1"]
+
+
+RUNS["finetune-llama_tiny-poly_lora"] = finetune_of("llama_tiny-poly_lora")
+
+
 def launch(out, runs: dict, procs: int, *more, env=ENV, check=True):
     cmd = [sys.executable] + (["-m", "torch.distributed.run", f"--nproc_per_node={procs}"] if procs > 1 else [])
-    specs = [f"{name}={','.join(args + list(more))}" for name, args in runs.items()]
+    specs = [f"{name}={','.join(args + list(more))}".replace("OUT/", f"{out}/") for name, args in runs.items()]
     proc = subprocess.run([*cmd, "tests/fsdp_driver.py", str(out), *specs], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
     if check:
@@ -55,7 +64,7 @@ def runs(tmp_path_factory):
 def test_two_fsdp_processes_train_like_one(runs, name):
     one, two = runs / "one" / name, runs / "fsdp" / name
     a, b = losses(one), losses(two)
-    assert len(a) == 6 and a.keys() == b.keys()
+    assert len(a) == (4 if name.startswith("finetune") else 6) and a.keys() == b.keys()
     assert all(abs(a[s] - b[s]) < 1e-4 for s in a), (a, b)
     w1, w2 = (load_file(d / "checkpoints" / "last" / WEIGHTS) for d in (one, two))
     assert w1.keys() == w2.keys() and w1  # the whole tensors, under the same names
@@ -74,8 +83,6 @@ def test_an_fsdp_checkpoint_exports_like_any_run(runs, tmp_path):
     from mmpt.export.__main__ import export
 
     run = runs / "fsdp" / "llama_tiny-lora"
-    (run / ".hydra").mkdir(exist_ok=True)
-    OmegaConf.save(compose_cfg(RUNS["llama_tiny-lora"] + ["trainer.strategy=fsdp"]), run / ".hydra" / "config.yaml")
     out = export(run, "peft", tmp_path / "peft")
     adapter = load_file(out / "adapter_model.safetensors")
     best = load_file(run / "checkpoints" / "best" / WEIGHTS)
