@@ -165,12 +165,19 @@ def test_a_4bit_lora_export_runs_in_peft_on_the_same_4bit_base_and_imports_back(
     tests = {k: v for k, v in a.items() if k.startswith("test/")}
     assert tests and {k: b[k] for k in tests} == tests
     assert (q4_run / "predictions" / "test.jsonl").read_text() == (back / "predictions" / "test.jsonl").read_text()
-    # the adapter of another (float) backbone is refused: its base does not quantize to this one
-    other = OmegaConf.merge(cfg.model, {"init_seed": 1})
-    with pytest.raises(ConfigError, match="differs from this run's model"):
-        from mmpt.export.importer import check_base
+    # a base whose float weights would quantize to other 4-bit weights is refused
+    import shutil
 
-        check_base(json.loads((out / "adapter_config.json").read_text()), out, other, load_backbone(other)[0])
+    from safetensors.torch import load_file, save_file
+
+    from mmpt.export.importer import check_base
+
+    other = shutil.copytree(out, tmp_path / "other")
+    weights = load_file(other / "base_model" / "model.safetensors")
+    weights["model.layers.1.self_attn.v_proj.weight"][3] += 0.05
+    save_file(weights, other / "base_model" / "model.safetensors")
+    with pytest.raises(ConfigError, match=r"differs from this run's model \(first at `model.layers.1.self_attn.v_proj.weight`"):
+        check_base(json.loads((other / "adapter_config.json").read_text()), other, cfg.model, model.backbone)
 
 
 def test_merged_export_of_a_4bit_run_is_its_dequantized_float_model(q4_run, tmp_path):
