@@ -258,11 +258,15 @@ def main(argv=None) -> int:
     import warnings
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    logging.disable(logging.WARNING)  # transformers' and PEFT's notices would interleave with the table
-    warnings.filterwarnings("ignore")
     device = torch.device(args.device)
     start = time.perf_counter()
-    rows = measure(args, device)
+    logging.disable(logging.WARNING)  # transformers' and PEFT's notices would interleave with the table
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rows = measure(args, device)
+    finally:
+        logging.disable(logging.NOTSET)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     text = (f"{where}, torch {torch.__version__}, {time.perf_counter() - start:.0f} s; bf16 autocast"
             f"{'' if device.type == 'cuda' else ' off (CPU: fp32)'}\n\n{table(rows)}\n")
