@@ -86,7 +86,7 @@ def one(args) -> None:
     method = OmegaConf.create({"name": "lora", "rank": 8, "alpha": 16, "dropout": 0.0,
                                "target_modules": r".*self_attn\.(q_proj|v_proj)"})
     torch.manual_seed(0)
-    model = build_model(model_cfg, method)
+    model = build_model(model_cfg, method).train()  # from_pretrained returns eval mode; checkpointing acts in training
     recompute.enable(model, args.gc)
     net = sharding.wrap(model, args.strategy, torch.device("cpu"))
     params = [p for ps in model.param_groups().values() for p in ps]

@@ -5,6 +5,7 @@ input is one line before training."""
 import json
 import subprocess
 import sys
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from omegaconf import OmegaConf, open_dict
 
 from conftest import DATA, ROOT, compose_cfg, fit_batch, toy_batch
 from mmpt.errors import ConfigError
+from mmpt.experiment import head_tasks
 from mmpt.models import build_model, load_backbone, quantize
 
 bnb = pytest.importorskip("bitsandbytes")  # installed by scripts/install.sh (extra `quant`)
@@ -24,10 +26,17 @@ def built(model: str, method: str, kind: str, *over):
             cfg.method.dropout = 0.0
         cfg.model.dropout = 0.0
     torch.manual_seed(0)
-    return cfg, build_model(cfg.model, cfg.method, cfg.get("router"))
+    return cfg, build_model(cfg.model, cfg.method, cfg.get("router"), tasks=head_tasks(cfg.dataset))
+
+
+def routing(m, batch):
+    ctx = getattr(m.method, "routing", None)
+    return ctx(batch, 1) if ctx else nullcontext()
 
 
 def logits(backbone, batch, causal: bool):
+    if not backbone.config.is_encoder_decoder and not hasattr(backbone, "lm_head"):  # an encoder
+        return backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     if causal:
         return backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -37,10 +46,14 @@ def logits(backbone, batch, causal: bool):
 QUANT = {"nf4": bnb.nn.Linear4bit, "fp4": bnb.nn.Linear4bit, "int8": bnb.nn.Linear8bitLt}
 
 
-@pytest.mark.parametrize("model,kind", [("llama_tiny", "nf4"), ("t5_tiny", "int8"), ("llama_tiny", "fp4")])
+@pytest.mark.parametrize("model,kind", [("llama_tiny", "nf4"), ("t5_tiny", "int8"), ("llama_tiny", "fp4"),
+                                        ("bert", "nf4")])
 @pytest.mark.parametrize("method", ["lora", "ia3", "poly_lora"])
-def test_fresh_adapters_on_quantized_layers_give_exactly_the_quantized_base(model, kind, method):
-    cfg, m = built(model, method, kind)
+def test_fresh_adapters_on_quantized_layers_give_exactly_the_quantized_base(model, kind, method, tiny_bert_dir):
+    if model == "bert":  # a BERT-family encoder loaded from a directory, as model=local loads any
+        cfg, m = built("local", method, kind, f"model.name_or_path={tiny_bert_dir}")
+    else:
+        cfg, m = built(model, method, kind)
     wrapped = list(m.method._layers.values() if isinstance(m.method._layers, dict) else m.method._layers)
     assert wrapped and all(isinstance(w.base, QUANT[kind]) for w in wrapped)  # the quantized layers are adapted
     assert all(p.dtype == torch.float32 for ps in m.param_groups().values() for p in ps)
@@ -48,7 +61,7 @@ def test_fresh_adapters_on_quantized_layers_give_exactly_the_quantized_base(mode
     batch, causal = toy_batch(tok), model == "llama_tiny"
     m.eval()
     base.eval()
-    with torch.no_grad(), m._routing(batch):
+    with torch.no_grad(), routing(m, batch):
         ours = logits(m.backbone, batch, causal)
     with torch.no_grad():
         theirs = logits(base, batch, causal)
@@ -129,10 +142,15 @@ def q4_run(tmp_path_factory):
     return out
 
 
-def test_a_killed_quantized_run_resumes_exactly(tmp_path):
+# t5_tiny: 8-bit, prefix routing with its router noise and dropout 0.1 (llama_tiny: LoRA dropout)
+T5_I8 = ["model=t5_tiny", "model.quantization=int8", "method=prefix_routing"] + Q4[3:]
+
+
+@pytest.mark.parametrize("args", [Q4, T5_I8], ids=["llama_tiny-nf4-lora", "t5_tiny-int8-prefix_routing"])
+def test_a_killed_quantized_run_resumes_exactly(tmp_path, args):
     from test_resume import assert_same_run, run as script  # real train.py processes, SIGKILLed mid-run
 
-    args = [a for a in Q4 if not a.startswith("trainer.eval_every")] + ["trainer.eval_every=2"]
+    args = [a for a in args if not a.startswith(("trainer.eval_every", "optimizer.groups"))] + ["trainer.eval_every=2"]
     script("train.py", tmp_path / "full", args)
     script("train.py", tmp_path / "cut", args, kill_at="step:4")
     script("train.py", tmp_path / "cut", args, resume=True)
