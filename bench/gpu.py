@@ -13,6 +13,7 @@ On a machine without a CUDA device it refuses in one line (exit 2).
 """
 import argparse
 import contextlib
+import gc
 import sys
 import time
 from pathlib import Path
@@ -161,6 +162,7 @@ def peak_mb(device) -> float:
 
 
 def reset(device):
+    gc.collect()  # the previous row's models (modules hold reference cycles)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -195,7 +197,7 @@ def measure(args, device) -> list[dict]:
         for method in args.methods:
             cfg = run_cfg(model, shape, method)
             reset(device)
-            step, _ = mmpt_step(cfg, data, device)
+            step = mmpt_step(cfg, data, device)[0]
             ours = timed(step, device, args.repeat)
             mem = peak_mb(device)
             del step
@@ -209,7 +211,7 @@ def measure(args, device) -> list[dict]:
                          "mmpt peak MB": fmt(mem)})
     # the prefix step's achieved FLOP/s against a measured bf16 matmul
     name, (model, shape) = next(iter(shapes.items()))
-    step, _ = mmpt_step(run_cfg(model, shape, "prefix"), data, device)
+    step = mmpt_step(run_cfg(model, shape, "prefix"), data, device)[0]
     rate = flops(step) / timed(step, device, args.repeat)
     peak = matmul_rate(256 if args.tiny else 8192, device)
     rows.append({"shape": name, "method": "prefix: achieved FLOP/s vs bf16 matmul",
@@ -219,7 +221,7 @@ def measure(args, device) -> list[dict]:
     name, (model, shape) = list(shapes.items())[-1]
     cfg = run_cfg(model, shape, "lora", quantization="nf4")
     reset(device)
-    step, _ = mmpt_step(cfg, data, device)
+    step = mmpt_step(cfg, data, device)[0]
     ours, mem = timed(step, device, args.repeat), peak_mb(device)
     del step
     reset(device)

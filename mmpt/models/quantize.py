@@ -6,8 +6,8 @@ Conv1D) for bitsandbytes' `Linear4bit` / `Linear8bitLt`; embeddings, norms and t
 in float. Backbones built in-process from a config (t5_tiny, llama_tiny, gpt2_tiny) are saved to
 a temporary directory and loaded back the same way (about 0.1-1 s at their size), so every
 backbone is quantized by the one code path a hub checkpoint takes. The quantized weights cannot
-train (they are integers): methods that train the backbone (`method=full`, finetune type F) and
-sharding them with FSDP are refused before anything is loaded.
+train (they are integers): `method=full` is refused before anything is loaded, FSDP (which cannot
+shard them) before training (engine/sharding.py), and finetune type F trains the float weights only.
 
 Adapters (methods/adapters.py) wrap the quantized layers like any Linear and keep their own
 weights in float32.
