@@ -14,8 +14,8 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" ${TORCH_SPEC:-torch==2.13.0}
 # 2. promptsource's import needs pkg_resources, which setuptools 82 removed.
 "${pip[@]}" "setuptools<82" wheel
-# 3. mmpt itself, editable, with the sweeper and test extras.
-"${pip[@]}" -e ".[sweep,dev]"
+# 3. mmpt itself, editable, with the sweeper, test and quantization (bitsandbytes) extras.
+"${pip[@]}" -e ".[sweep,dev,quant]"
 # 4. promptsource pins Python < 3.10 and old UI packages it does not need at import.
 "${pip[@]}" --no-deps --ignore-requires-python promptsource==0.2.3
 echo "$want" >"$stamp"

@@ -18,13 +18,17 @@ import torch
 from safetensors.torch import save_file
 
 from mmpt import tensorfile
+from mmpt.engine import sharding
 from mmpt.errors import CheckpointError
 
 WEIGHTS, STATE, META, DONE = "trainable.safetensors", "state.pt", "meta.json", "COMPLETE"
 
 
 def trainable_state(model) -> dict:
-    return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+    """{name: tensor} of the trainable parameters; whole tensors also when the model is sharded
+    (engine/sharding.py: then every process must call this, and all get them)."""
+    return {n: sharding.full(p.detach()).contiguous().clone() for n, p in model.named_parameters()
+            if p.requires_grad}
 
 
 def rng_state() -> dict:
@@ -72,13 +76,14 @@ def kill_point(event: str, step) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def save(path, model, meta: dict, state: dict | None = None) -> None:
-    """Atomically write a checkpoint directory at `path` (replacing any previous one)."""
+def save(path, model, meta: dict, state: dict | None = None, weights: dict | None = None) -> None:
+    """Atomically write a checkpoint directory at `path` (replacing any previous one); weights:
+    trainable_state(model) when the caller took it already (sharded models)."""
     path = Path(path)
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    weights = trainable_state(model)
+    weights = trainable_state(model) if weights is None else weights
     save_file(weights, tmp / WEIGHTS)
     shapes = {n: list(t.shape) for n, t in weights.items()}
     (tmp / META).write_text(json.dumps({**meta, "params": shapes}, indent=1))
@@ -133,10 +138,9 @@ def load_weights(path, model, strict: bool = True, skip=()) -> dict:
     missing = sorted(wanted - set(weights))
     if strict and missing:
         raise CheckpointError(f"checkpoint {path} lacks trainable parameters of this model, e.g. {missing[:3]}")
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            if name not in skip:
-                own[name].copy_(tensor)
+    for name, tensor in weights.items():
+        if name not in skip:
+            sharding.assign(own[name], tensor)
     return meta
 
 

@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from mmpt.engine import distributed, progress
+from mmpt.engine import distributed, progress, sharding
 from mmpt.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,10 @@ def predict(model, loader, choices_of, mode: str = "rank", max_new_tokens: int =
     model.eval()
     device = next(model.parameters()).device
     preds, texts, aux_all = {}, {}, []
+    split = sharding.split_eval(model)  # fsdp: every process scores every row
     bar = progress.bar(progress.length(loader), desc, enabled=distributed.is_main(), leave=False)
     for batch in loader:
-        batch = to_device(distributed.shard(batch), device)
+        batch = to_device(distributed.shard(batch) if split else batch, device)
         idx = batch["index"].tolist()
         if not idx:
             bar.update(1)
@@ -73,7 +74,7 @@ def predict(model, loader, choices_of, mode: str = "rank", max_new_tokens: int =
         bar.update(1)
     bar.close()
     model.train(was_training)
-    if distributed.world_size() > 1:
+    if distributed.world_size() > 1 and split:
         parts = distributed.gather_objects((preds, texts, aux_all))
         preds = {i: p for part, _, _ in parts for i, p in part.items()}
         texts = {i: t for _, part, _ in parts for i, t in part.items()}
@@ -99,8 +100,10 @@ def evaluate(model, loader, examples, task, mode="rank", max_new_tokens=10, prec
     check_length_norm(model, length_norm)
     # a mixture's examples may each have their own choices (promptsource templates)
     choices = getattr(task, "choices_of", lambda ex: task.verbalizers)
-    preds, texts, aux = predict(model, loader, lambda i: choices(examples[i]), mode, max_new_tokens, precision,
-                                length_norm, desc)
+    with sharding.gathered(model):  # fsdp: the top-level weights, for the pass and the method's stats
+        preds, texts, aux = predict(model, loader, lambda i: choices(examples[i]), mode, max_new_tokens, precision,
+                                    length_norm, desc)
+        stats = model.method.eval_stats(aux)
     order = [preds[i] for i in range(len(examples))]
     metrics = task.metrics(order, examples)
     if mode == "generate":
@@ -110,5 +113,4 @@ def evaluate(model, loader, examples, task, mode="rank", max_new_tokens=10, prec
     if mode == "generate":
         for i, row in enumerate(rows):
             row["output"] = texts[i]
-    stats = model.method.eval_stats(aux)
     return metrics, rows, stats

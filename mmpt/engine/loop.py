@@ -13,9 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
-from mmpt.engine import checkpoint, distributed, progress
+from mmpt.engine import checkpoint, cost, distributed, progress, recompute, sharding
 from mmpt.engine.evaluate import autocast, evaluate, to_device
 from mmpt.engine.optim import build_optimizer, check_groups
 from mmpt.errors import ConfigError, MMPTError
@@ -39,6 +38,7 @@ class Progress:
     train_time_s: float = 0.0  # time in training steps, summed over the resumed parts of the run
     total_time_s: float = 0.0  # wall time up to the last checkpoint, summed likewise
     pruned: bool = False       # stopped by on_eval (a sweep's pruner), not by the schedule or patience
+    tokens: int = 0            # tokens of the training batches so far (engine/cost.py)
 
 
 def schedule_length(tcfg, batches_per_epoch: int) -> int:
@@ -87,13 +87,17 @@ class Trainer:
         self.logger, self.ckpt, self.on_eval = logger, Path(run_dir) / "checkpoints", on_eval
         self.main = data.task.main_metric
         self.device = distributed.device()
-        model.to(self.device)
-        # DDP averages gradients across processes; routes/skills a batch does not use get none.
-        self.net = model if distributed.world_size() == 1 else DistributedDataParallel(
-            model, find_unused_parameters=True,
-            device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.total = schedule_length(self.t, data.train_batches)
+        strategy = sharding.strategy(tcfg, model)  # trainer.strategy: ddp | fsdp (engine/sharding.py)
         check_groups(model, groups)
+        # the groups by parameter name: moving and sharding the model may replace parameter objects
+        names = {id(p): n for n, p in model.named_parameters()}
+        by_name = {g: [names[id(p)] for p in ps] for g, ps in groups.items()}
+        model.to(self.device)
+        recompute.enable(model, self.t.get("gradient_checkpointing", False))
+        self.net = sharding.wrap(model, strategy, self.device)
+        params = dict(model.named_parameters())
+        groups = {g: [params[n] for n in ns] for g, ns in by_name.items()}
+        self.total = schedule_length(self.t, data.train_batches)
         self.opt, self.sched, self.groups = build_optimizer(groups, ocfg, self.total, configurable)
         self.p = Progress()
         self.meta = {"method": meta.method, "model": meta.backbone}
@@ -110,7 +114,7 @@ class Trainer:
         if last is not None:
             checkpoint.load_weights(last, self.model)
             state = checkpoint.load_state(last)
-            self.opt.load_state_dict(state["optimizer"])
+            sharding.load_optimizer_state(self.model, self.opt, state["optimizer"])
             self.sched.load_state_dict(state["scheduler"])
             self.p = Progress(**state["progress"])
             checkpoint.set_rng_state(state["rng"])
@@ -122,10 +126,11 @@ class Trainer:
 
     def _save_last(self) -> None:
         self.p.total_time_s = self.elapsed()
-        state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+        state = {"optimizer": sharding.optimizer_state(self.model, self.opt), "scheduler": self.sched.state_dict(),
                  "progress": asdict(self.p)}
+        weights = checkpoint.trainable_state(self.model)  # every process: fsdp gathers the shards
         if distributed.is_main():
-            checkpoint.save(self.ckpt / "last", self.model, {**self.meta, "step": self.p.step}, state)
+            checkpoint.save(self.ckpt / "last", self.model, {**self.meta, "step": self.p.step}, state, weights)
         distributed.barrier()
 
     def _eval(self) -> bool:
@@ -139,11 +144,13 @@ class Trainer:
         self.p.evaluated_at = self.p.step
         if score > self.p.best:
             self.p.best, self.p.best_step, self.p.bad_evals = score, self.p.step, 0
+            weights = checkpoint.trainable_state(self.model)  # every process: fsdp gathers the shards
             if distributed.is_main():
                 # the scores and predictions travel with the weights: the final evaluation reuses
                 # them instead of scoring val again (experiment.final_eval)
                 val_eval = {"metrics": metrics, "stats": stats, "rows": rows}
-                checkpoint.save(self.ckpt / "best", self.model, {**self.meta, "step": self.p.step, "val_eval": val_eval})
+                checkpoint.save(self.ckpt / "best", self.model, {**self.meta, "step": self.p.step, "val_eval": val_eval},
+                                weights=weights)
         else:
             self.p.bad_evals += 1
         self.logger.log("eval", {**scores, "val/best": self.p.best, "epoch": self.p.epoch}, self.p.step)
@@ -186,6 +193,7 @@ class Trainer:
                 batches = iter(self.data.loader("train", epoch=self.p.epoch, skip=self.p.batch))
             for batch in batches:
                 loss, value = self._loss(batch)
+                self.p.tokens += cost.batch_tokens(batch)
                 if not math.isfinite(value):
                     raise TrainingError(f"loss is {value} at step {self.p.step} (epoch {self.p.epoch}); "
                                         "lower the learning rates (optimizer.groups.*.lr) or enable trainer.grad_clip")

@@ -2,6 +2,8 @@
 import os
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from mmpt.models import load_backbone
 
 MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"  # what model=minilm's packaged checkpoint is
@@ -19,7 +21,11 @@ def base_name(model_cfg) -> str | None:
 
 
 def save_base(model_cfg, out: Path) -> str:
-    """Save a fresh copy of an in-process backbone (same init seed, so the run's base) to out/base_model."""
+    """Save a fresh copy of an in-process backbone (same init seed, so the run's base) to out/base_model.
+
+    A quantized run's base is saved in float, as a hub checkpoint is: loaded with the run's
+    BitsAndBytesConfig it is the run's 4-bit (or 8-bit) backbone, and without one its float source."""
+    model_cfg = OmegaConf.merge(model_cfg, {"quantization": "none", "double_quant": False, "compute_dtype": None})
     backbone, tokenizer = load_backbone(model_cfg)
     backbone.save_pretrained(out / BASE_DIR)
     tokenizer.save_pretrained(out / BASE_DIR)

@@ -17,6 +17,7 @@ from mmpt.export.mapping import ExportError
 from mmpt.export.mappings import method_of, peft_mapping
 from mmpt.export.base_model import base_name
 from mmpt.methods.adapters import Wrapped
+from mmpt.models import quantize
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +47,24 @@ def check_config(config: dict, mapping, method: str, where) -> None:
 
 
 def _clean_state(backbone) -> dict:
-    """The backbone's own weights under their transformers names (adapter wrappers looked through)."""
+    """The backbone's own weights under their transformers names (adapter wrappers looked
+    through): {name: (parameter, the layer holding it)}."""
     wrapped = {n for n, m in backbone.named_modules() if isinstance(m, Wrapped)}
     state = {}
     for name, p in backbone.named_parameters():
         module, _, leaf = name.rpartition(".")
         if module.endswith(".base") and module[:-5] in wrapped:
-            state[f"{module[:-5]}.{leaf}"] = p
+            state[f"{module[:-5]}.{leaf}"] = (p, backbone.get_submodule(module))
         elif module not in wrapped:
-            state[name] = p
+            state[name] = (p, backbone.get_submodule(module) if module else backbone)
     return state
+
+
+def _same(mine, t: torch.Tensor) -> bool:
+    p, layer = mine
+    if quantize.is_quantized_param(p):  # a quantized backbone: the file's float weight, quantized alike
+        return quantize.same_weight(layer, t)
+    return p.shape == t.shape and torch.equal(p.detach().cpu(), t)
 
 
 def check_base(config: dict, where: Path, model_cfg, backbone) -> None:
@@ -67,7 +76,7 @@ def check_base(config: dict, where: Path, model_cfg, backbone) -> None:
         for f in sorted(local.glob("*.safetensors")):
             weights = tensorfile.load(f, lambda m: ConfigError("init_from", m), "base model weights")
             for name, t in weights.items():
-                if name not in state or state[name].shape != t.shape or not torch.equal(state[name].detach().cpu(), t):
+                if name not in state or not _same(state[name], t):
                     raise ConfigError("init_from", f"{where}: its base model {local} differs from this run's "
                                       f"model (first at `{name}`); choose the model the adapter was trained on")
         return

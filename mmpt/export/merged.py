@@ -3,7 +3,8 @@
 Every adapter layer (methods/adapters.py) is affine in its input once dropout is off, so its
 merged Linear is read off the layer itself: the outputs for the unit vectors and for zero give
 W and b. No per-method formula, and the merged model computes exactly what the layer did.
-Poly runs mix skills per task: the weights of one task (`task_id`) are folded.
+Poly runs mix skills per task: the weights of one task (`task_id`) are folded. A quantized
+backbone is dequantized first: the merged model is a float model.
 """
 import torch
 from torch import nn
@@ -45,6 +46,11 @@ def merge(model, task_id: int = 0):
         raise ExportError(f"method {model.method.cfg.name} trains {sorted(groups - FOLDABLE)}, which add "
                           "inputs rather than weights and cannot be merged; use --format peft")
     backbone = model.backbone.eval()
+    if getattr(backbone, "is_quantized", False):
+        # A 4- or 8-bit run is merged into its dequantized weights: the float weights its quantized
+        # layers computed with (4-bit: exactly; 8-bit: up to its fp16 input rounding), in float32.
+        # To quantize the merged model again, load it with a BitsAndBytesConfig.
+        backbone.dequantize()
     n_tasks = getattr(model.method, "n_tasks", 1)  # skill methods route task ids; others have one
     if not 0 <= task_id < n_tasks:
         raise ExportError(f"--task-id {task_id}: the run has task ids 0..{n_tasks - 1}")

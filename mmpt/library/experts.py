@@ -15,8 +15,10 @@ from mmpt.registry import Registry
 
 EXTRACTORS = Registry("expert extractor", key="method.name")
 
-# Model config keys that do not change the backbone's weights (dropout, adapter defaults, pooling)
-NOT_BACKBONE = ("dropout", "targets", "pool_prompt")
+# Model config keys that do not change the backbone's float weights (dropout, adapter defaults,
+# pooling, and how the frozen weights were quantized: experts trained on a 4-bit backbone and on
+# its float source share one library)
+NOT_BACKBONE = ("dropout", "targets", "pool_prompt", "quantization", "double_quant", "compute_dtype")
 
 
 def backbone_of(model_cfg: dict) -> dict:

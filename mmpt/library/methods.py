@@ -14,7 +14,7 @@ from torch import nn
 
 from mmpt.engine import distributed, progress
 from mmpt.errors import CheckpointError
-from mmpt.methods.adapters import ADAPTABLE, Wrapped, dims
+from mmpt.methods.adapters import ADAPTABLE, Wrapped, dims, float_dtype
 from mmpt.methods.base import Method
 
 
@@ -66,7 +66,7 @@ class DeltaLinear(Wrapped):
     def __init__(self, base, delta):
         super().__init__()
         self.base = base
-        self.register_buffer("delta", delta.to(base.weight), persistent=False)
+        self.register_buffer("delta", delta.to(base.weight.device, float_dtype(base)), persistent=False)
 
     def forward(self, x):
         return self.base(x) + x @ self.delta.to(x.dtype).T
@@ -79,8 +79,8 @@ class ExpertsLinear(Wrapped):
     def __init__(self, base, A, B):
         super().__init__()
         self.base = base
-        self.register_buffer("A", A.to(base.weight), persistent=False)  # [E, r, d_in]
-        self.register_buffer("B", B.to(base.weight), persistent=False)  # [E, d_out, r]
+        self.register_buffer("A", A.to(base.weight.device, float_dtype(base)), persistent=False)  # [E, r, d_in]
+        self.register_buffer("B", B.to(base.weight.device, float_dtype(base)), persistent=False)  # [E, d_out, r]
 
     def mix(self, x):
         raise NotImplementedError
@@ -97,7 +97,7 @@ class ArrowLinear(ExpertsLinear):
 
     def __init__(self, base, A, B, protos, top_k: int, temperature: float):
         super().__init__(base, A, B)
-        self.register_buffer("protos", protos.to(base.weight), persistent=False)  # [E, d_in]
+        self.register_buffer("protos", protos.to(base.weight.device, float_dtype(base)), persistent=False)  # [E, d_in]
         self.top_k, self.temperature = top_k, temperature
         self.reset_counts()
 
@@ -242,5 +242,6 @@ class _Weights:
             layer.weights = w
 
     def __exit__(self, *exc):
-        for layer in self.method._layers.values():
-            layer.weights = None
+        if not self.method.recomputed:  # gradient checkpointing reads them again in backward
+            for layer in self.method._layers.values():
+                layer.weights = None

@@ -2,6 +2,10 @@
 
 GPT-2's `Conv1D` is a Linear whose weight is stored transposed ([in, out]); the wrappers only call
 the wrapped layer and read its widths through `dims`, so they adapt both kinds the same way.
+bitsandbytes' `Linear4bit` / `Linear8bitLt` (quantized backbones, models/quantize.py) are
+nn.Linear subclasses with integer weights: the wrappers keep their own weights in float32
+(`float_dtype`), feed them the input in that dtype and hand the sum back in the base's output
+dtype (8-bit layers compute in fp16); under bf16 autocast on GPU the adapter matmuls run in bf16.
 """
 import math
 import re
@@ -18,6 +22,13 @@ ADAPTABLE = (nn.Linear, Conv1D)
 def transposed(layers) -> bool:
     """Whether the wrapped layers are Conv1D (PEFT's `fan_in_fan_out`: weights stored [in, out])."""
     return any(isinstance(m.base, Conv1D) for m in layers)
+
+
+def float_dtype(layer) -> torch.dtype:
+    """The dtype of adapter weights beside `layer`: its weight's, or float32 for a quantized
+    (integer) weight."""
+    w = layer.weight
+    return w.dtype if w.is_floating_point() else torch.float32
 
 
 def dims(layer) -> tuple[int, int]:
@@ -49,8 +60,9 @@ class LoRALinear(Wrapped):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        delta = self.dropout(x) @ self.lora_A.T @ self.lora_B.T
-        return self.base(x) + self.scale * delta
+        y = self.base(x)
+        delta = self.dropout(x.to(self.lora_A.dtype)) @ self.lora_A.T @ self.lora_B.T
+        return y + (self.scale * delta).to(y.dtype)
 
 
 def wrap_linears(model: nn.Module, pattern: str, make, key: str = "method.target_modules") -> dict:
@@ -80,7 +92,8 @@ class IA3Linear(Wrapped):
         self.ia3_l = nn.Parameter(torch.ones(dims(base)[1]))
 
     def forward(self, x):
-        return self.base(x) * self.ia3_l
+        y = self.base(x)
+        return y * self.ia3_l.to(y.dtype)
 
 
 def _split(features: int, n_splits: int, what: str) -> int:
@@ -115,13 +128,14 @@ class PolyLoRALinear(Wrapped):
     def forward(self, x):
         if self.weights is None:
             raise RuntimeError("PolyLoRALinear called outside the method's routing context")
-        w = self.weights.to(x.dtype)
+        w = self.weights.to(self.lora_A.dtype)
         b, r = w.shape[0], self.lora_A.shape[-1]
         A = torch.einsum("bqs,qsdr->bqdr", w, self.lora_A).reshape(b, -1, r)       # [b, d_in, r]
         B = torch.einsum("bqs,qsrd->brqd", w, self.lora_B).reshape(b, r, -1)       # [b, r, d_out]
-        h = self.dropout(x).reshape(b, -1, x.shape[-1])
+        h = self.dropout(x.to(self.lora_A.dtype)).reshape(b, -1, x.shape[-1])
         delta = (h @ A @ B).reshape(*x.shape[:-1], -1)
-        return self.base(x) + self.scale * delta
+        y = self.base(x)
+        return y + (self.scale * delta).to(y.dtype)
 
 
 class PolyIA3Linear(Wrapped):
@@ -138,6 +152,6 @@ class PolyIA3Linear(Wrapped):
     def forward(self, x):
         if self.weights is None:
             raise RuntimeError("PolyIA3Linear called outside the method's routing context")
-        scale = torch.einsum("bqs,qsd->bqd", self.weights.to(x.dtype), self.ia3_l).reshape(x.shape[0], -1)
+        scale = torch.einsum("bqs,qsd->bqd", self.weights.to(self.ia3_l.dtype), self.ia3_l).reshape(x.shape[0], -1)
         y = self.base(x)
-        return y * scale.reshape(x.shape[0], *([1] * (y.dim() - 2)), -1)
+        return y * scale.reshape(x.shape[0], *([1] * (y.dim() - 2)), -1).to(y.dtype)

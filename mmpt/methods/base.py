@@ -47,6 +47,11 @@ class Method(nn.Module, abc.ABC):
     uses_router = False      # True: built with the `router` config group (which it must get)
     skill_routing = False    # True: task-to-skill routing that fine-tuning can average (MuZ) or extend
     summary_stats = None     # eval stats shown on screen at the end of a run (None: all of them)
+    trains_backbone = False  # True: trains the backbone's own weights (refused on quantized backbones)
+    # Set by gradient checkpointing (engine/recompute.py): the backbone's blocks run their forward
+    # again during backward, after a `routing` context has closed, so such a context leaves its
+    # weights on the layers until the next call replaces them.
+    recomputed = False
 
     def __init__(self, cfg, backbone, info):
         super().__init__()

@@ -11,6 +11,8 @@ class FullConfig:
 
 @METHODS.register("full", config=FullConfig)
 class Full(Method):
+    trains_backbone = True  # refused on quantized backbones (models/quantize.py)
+
     def __init__(self, cfg, backbone, info):
         super().__init__(cfg, backbone, info)
         # A plain list, not a submodule: the backbone is registered once, by the model wrapper.

@@ -86,8 +86,9 @@ class PolySkills(Method):
         try:
             yield
         finally:
-            for layer in self._layers.values():
-                layer.weights = None
+            if not self.recomputed:  # gradient checkpointing reads them again in backward
+                for layer in self._layers.values():
+                    layer.weights = None
 
     # -- fine-tuning hooks (mmpt/recipes/transfer.py) --
     def _averages(self) -> nn.ModuleDict:

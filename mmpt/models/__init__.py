@@ -5,8 +5,8 @@ text-to-text), BERT-style encoders (encoder.py: one head per task) and decoder-o
 (causal.py: the verbalizer as the prompt's continuation). Methods see the same `info` whatever the
 family: prefix sites, widths, layers, number of task ids.
 """
-from mmpt.methods import build_method
-from mmpt.models import causal, encoder, seq2seq  # noqa: F401  (each registers its family)
+from mmpt.methods import METHODS, build_method
+from mmpt.models import causal, encoder, quantize, seq2seq  # noqa: F401  (each registers its family)
 from mmpt.models.backbone import backbone_name, fill_targets, load, load_backbone
 from mmpt.models.family import FAMILIES, Family
 
@@ -22,6 +22,8 @@ def build_model(model_cfg, method_cfg, router_cfg=None, n_tasks: int = 1, tasks=
     expert library's methods: mmpt/library/types.py).
     The returned model's `family` answers the family-specific questions (can_generate, has_heads, ...).
     """
+    if make_method is None:  # before loading: e.g. method=full on a 4-bit backbone
+        quantize.check_method(model_cfg, method_cfg.get("name"), METHODS.get(method_cfg.get("name")).obj)
     backbone, tokenizer, family = load(model_cfg)
     fill_targets(model_cfg, family, backbone.config)  # model=local: the adapter targets of the loaded family
     backbone.requires_grad_(False)

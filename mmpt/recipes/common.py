@@ -9,7 +9,7 @@ from mmpt.data import get_task, load_splits, resolve_data_dir
 from mmpt.data.mixture import MixtureData, apply_format, load_mixture
 from mmpt.data.splits import kshot
 from mmpt.data.task_data import TaskData
-from mmpt.engine import checkpoint
+from mmpt.engine import checkpoint, cost, sharding
 from mmpt.engine.evaluate import check_length_norm, evaluate
 from mmpt.engine.loop import Trainer
 from mmpt.errors import ConfigError
@@ -67,7 +67,8 @@ def chosen_groups(model, names, head=()) -> dict:
     encoder's head for the new task). `backbone` is every backbone weight no method group owns."""
     groups = {k: v for k, v in model.method.param_groups().items() if v}
     owned = {id(p) for ps in groups.values() for p in ps}
-    rest = [p for p in model.backbone.parameters() if id(p) not in owned]
+    # a quantized backbone's integer weights cannot train: F trains its float ones (embeddings, norms, head)
+    rest = [p for p in model.backbone.parameters() if id(p) not in owned and p.is_floating_point()]
     groups["backbone"] = groups.get("backbone", []) + rest
     names = sorted(groups) if names is None else names
     missing = [n for n in names if not groups.get(n)]
@@ -116,7 +117,9 @@ def check_eval_mode(model, tcfg) -> None:
 
 def save_figures(model, out: Path, logger) -> None:
     """Draw what the method shows (mask gates, routing heatmaps, expert choice) and log the images."""
-    for key, path in draw(model.method.figures(), out).items():
+    with sharding.gathered(model):  # fsdp: the method's tables whole
+        figures = model.method.figures()
+    for key, path in draw(figures, out).items():
         logger.image(key, path)
 
 
@@ -138,6 +141,9 @@ def fit_and_test(cfg, model, data, groups: dict, meta, out: Path, logger, extra:
     metrics.update(**(extra or {}), best_step=progress.best_step, trainable_params=n_train,
                    train_time_s=round(progress.train_time_s, 2), optimized_metric_key=main,
                    total_time_s=round(trainer.elapsed(), 2))  # both summed over resumed parts
+    # what the run cost: peak memory, training throughput, adapter and backbone sizes
+    best_dir = checkpoint.find(out / "checkpoints" / "best")
+    metrics.update(cost.costs(model, progress.tokens, progress.train_time_s, best_dir, trainer.device))
     save_figures(model, out, logger)
     logger.finish(metrics)
     return metrics

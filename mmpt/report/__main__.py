@@ -60,6 +60,11 @@ def report(roots: list[Path], out: Path, baseline: str | None) -> str:
                   "and k-shot sample): mean difference and the two-sided p-value of a paired t-test "
                   "(scipy.stats.ttest_rel). † = not significant at 0.05, or fewer than 2 shared seeds "
                   "(no test).", "", tables.comparison(main if not main.empty else groups), ""]
+    costs = tables.cost(main if not main.empty else groups)
+    if costs:
+        lines += ["## Cost", "", "Mean over seeds of each run's cost (metrics.json): peak memory (GPU: allocated; "
+                  "CPU: the process's resident set), training tokens per second, trained parameters on disk and "
+                  "the frozen backbone in memory, in MB (2^20 bytes).", "", costs, ""]
     for study, part in groups[groups["study"] != ""].groupby("study"):
         lines += [f"## Search trials: {study}", "", "Each trial's settings are its own row (never averaged "
                   "with other trials); best validation score first.", "", tables.trials(part), ""]

@@ -21,6 +21,8 @@ import yaml
 # the identity. `mean_over_seeds` only says which seeds ran; each seed_<s>/ run is one seed.
 RUN_CONTROL = ("seed", "mean_over_seeds", "resume", "task_name", "optimized_metric", "paths", "logger",
                "hydra", "trainer.log_every", "trainer.save_predictions")
+# What a run cost (metrics.json; the keys of mmpt/engine/cost.py, which imports torch: the report does not)
+COST = ("peak_mem_mb", "train_tokens_per_s", "adapter_mb", "backbone_mb")
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -133,6 +135,7 @@ def collect(root) -> tuple[pd.DataFrame, int]:
             "seed": int(seed.group(1)) if seed else cfg.get("seed"),
             "score": metrics.get(key), "val": metrics.get(metrics.get("optimized_metric_key", "")),
             "trainable_params": metrics.get("trainable_params"),
+            **{k: metrics.get(k) for k in COST},  # engine/cost.py (runs before it have none)
             "identity": json.dumps(ident, sort_keys=True, default=str), "settings": ident,
             "choices": {k: v for k, v in choices.items() if "/" not in k},
             "study": _study(hydra, run, root), "curve": str(run / "metrics.jsonl"),

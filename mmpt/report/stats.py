@@ -10,6 +10,7 @@ import pandas as pd
 from scipy import stats
 
 from mmpt.errors import ConfigError
+from mmpt.report.runs import COST
 
 
 def ci95(values) -> tuple[float, float]:
@@ -94,6 +95,7 @@ def group(runs: pd.DataFrame) -> pd.DataFrame:
             "mean": scores.mean(), "std": scores.std(ddof=1) if len(g) > 1 else math.nan,
             "ci95_low": low, "ci95_high": high, "val_mean": g["val"].astype(float).mean() * 100,
             "trainable_params": int(params.iloc[0]) if len(params) else pd.NA,
+            **{k: pd.to_numeric(g[k], errors="coerce").mean() if k in g else math.nan for k in COST},
             "settings": g["settings"].iloc[0], "choices": g["choices"].iloc[0], "by_seed": by_seed,
         })
     groups = pd.DataFrame(rows)

@@ -3,8 +3,10 @@ import math
 
 import pandas as pd
 
+from mmpt.report.runs import COST
+
 CSV_COLUMNS = ["study", "task", "metric", "label", "method", "n", "seeds", "mean", "std", "ci95_low", "ci95_high",
-               "val_mean", "trainable_params", "baseline", "n_paired", "delta", "p_value"]
+               "val_mean", "trainable_params", *COST, "baseline", "n_paired", "delta", "p_value"]
 ALPHA = 0.05
 
 
@@ -79,4 +81,16 @@ def trials(groups: pd.DataFrame) -> str:
     for _, r in groups.sort_values("val_mean", ascending=False).iterrows():
         lines.append(f"| {r['label']} | {r['task']} ({r['metric']}) | {r['n']} | {cell(r, False).rsplit(' (', 1)[0]} "
                      f"| {r['val_mean']:.1f} |")
+    return "\n".join(lines)
+
+
+def cost(groups: pd.DataFrame) -> str:
+    """label x task: what the runs cost (metrics.json's cost keys, mean over seeds); "" when no run
+    recorded them."""
+    if not groups[list(COST)].notna().any().any():
+        return ""
+    lines = ["| method | task | " + " | ".join(COST) + " |", "|---" * (len(COST) + 2) + "|"]
+    for _, r in groups.iterrows():
+        cells = ["-" if pd.isna(r[k]) else f"{r[k]:,.1f}" if r[k] >= 10 else f"{r[k]:.3g}" for k in COST]
+        lines.append(f"| {r['label']} | {r['task']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
