@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from transformers import set_seed
 
+from mmpt.config_keys import drop_defaults
 from mmpt.data.mixture import num_tasks, tasks_of
 from mmpt.engine import checkpoint, distributed
 from mmpt.errors import CheckpointError, ConfigError
@@ -39,7 +40,7 @@ def config_changes(saved, cfg) -> list[str]:
             return {prefix[:-1]: node}
         return {k: v for key, sub in node.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
 
-    a, b = (flat(OmegaConf.to_container(c, resolve=False)) for c in (saved, cfg))
+    a, b = (drop_defaults(flat(OmegaConf.to_container(c, resolve=False))) for c in (saved, cfg))
     keys = sorted(a.keys() | b.keys(), key=lambda k: (not k.endswith(".name"), k))
     keys = [k for k in keys if k.split(".")[0] not in RUN_CONTROL]
     return [f"{k}: {a.get(k, '<unset>')} -> {b.get(k, '<unset>')}" for k in keys if a.get(k) != b.get(k)]

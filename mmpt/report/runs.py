@@ -16,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from mmpt.config_keys import drop_defaults
+
 # Keys (and key prefixes) that cannot change what a run computes. Everything else - including
 # eval cadence (it decides which checkpoint is "best"), eval batch size and precision - is part of
 # the identity. `mean_over_seeds` only says which seeds ran; each seed_<s>/ run is one seed.
@@ -45,7 +47,7 @@ def identity(cfg: dict, cwd=".") -> dict:
     by the pretrained run's own identity (as `pretrained.<key>`), so re-running the pre-training in
     another folder does not split a group, while a different pre-training does. `cwd`: where
     finetune.py ran (a relative `pretrained` is relative to it); an unreadable path stays as is."""
-    ident = {k: v for k, v in flatten(cfg).items() if not is_run_control(k)}
+    ident = {k: v for k, v in drop_defaults(flatten(cfg)).items() if not is_run_control(k)}
     if cfg.get("pretrained"):
         pre = _pretrained_config(cfg["pretrained"], cwd)
         if pre is not None:
