@@ -12,6 +12,7 @@ from transformers import set_seed
 from mmpt.data import EncodedSplit, get_task, load_splits, make_loader, num_batches, resolve_data_dir
 from mmpt.data.mixture import load_mixture, num_tasks
 from mmpt.data.splits import kshot
+from mmpt import trial
 from mmpt.engine import checkpoint, distributed
 from mmpt.engine.evaluate import check_length_norm, evaluate
 from mmpt.engine.logging import RunLogger
@@ -46,8 +47,9 @@ def run_dir(cfg) -> Path:
     return Path(cfg.paths.output_dir)
 
 
-# What a resumed command may change: where files are read and written, and how runs are logged.
-RUN_CONTROL = ("resume", "paths", "logger", "optimized_metric")
+# What a resumed command may change: where files are read and written, how runs are logged, and
+# how many CPU threads it takes.
+RUN_CONTROL = ("resume", "paths", "logger", "optimized_metric", "trainer.threads")
 
 
 def config_changes(saved, cfg) -> list[str]:
@@ -60,7 +62,7 @@ def config_changes(saved, cfg) -> list[str]:
 
     a, b = (flat(OmegaConf.to_container(c, resolve=False)) for c in (saved, cfg))
     keys = sorted(a.keys() | b.keys(), key=lambda k: (not k.endswith(".name"), k))
-    keys = [k for k in keys if k.split(".")[0] not in RUN_CONTROL]
+    keys = [k for k in keys if not any(k == c or k.startswith(c + ".") for c in RUN_CONTROL)]
     return [f"{k}: {a.get(k, '<unset>')} -> {b.get(k, '<unset>')}" for k in keys if a.get(k) != b.get(k)]
 
 
@@ -178,14 +180,20 @@ def fit_and_test(cfg, model, data, out: Path, logger, extra: dict | None = None)
     if cfg.trainer.eval_mode == "generate" and not model.backbone.config.is_encoder_decoder:
         raise ConfigError("trainer.eval_mode", f"this {model.backbone.config.model_type} backbone is an encoder "
                           "with classification heads and no decoder: it cannot generate; use trainer.eval_mode=rank")
-    trainer = Trainer(model, data, cfg, out, logger, resume=cfg.get("resume", False))
+    main = f"val/{data.task.main_metric}"
+    trainer = Trainer(model, data, cfg, out, logger, resume=cfg.get("resume", False),
+                      on_eval=trial.eval_callback(cfg, main, out))  # None outside a sweep's trial
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s on %s: %d trainable / %d parameters, %d optimizer steps", cfg.method.name,
              cfg.dataset.name, n_train, sum(p.numel() for p in model.parameters()), trainer.total)
     progress = trainer.fit()
-    best = checkpoint.load_weights(checkpoint.find(out / "checkpoints" / "best"), model)
-    metrics = final_eval(model, data, cfg.trainer, out, best.get("val_eval"))
-    main = f"val/{data.task.main_metric}"
+    if progress.pruned:  # the sweep's pruner stopped it: the best eval's val scores so far, no test
+        val = checkpoint.read_meta(checkpoint.find(out / "checkpoints" / "best"))["val_eval"]
+        metrics = {f"val/{k}": v for k, v in {**val["metrics"], **val["stats"]}.items()}
+        metrics.update(pruned=True, pruned_step=progress.step)
+    else:
+        best = checkpoint.load_weights(checkpoint.find(out / "checkpoints" / "best"), model)
+        metrics = final_eval(model, data, cfg.trainer, out, best.get("val_eval"))
     metrics.update(**(extra or {}), best_step=progress.best_step, trainable_params=n_train,
                    train_time_s=round(progress.train_time_s, 2), optimized_metric_key=main,
                    total_time_s=round(trainer.elapsed(), 2))  # both summed over resumed parts

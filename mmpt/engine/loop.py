@@ -38,6 +38,7 @@ class Progress:
     evaluated_at: int = -1
     train_time_s: float = 0.0  # time in training steps, summed over the resumed parts of the run
     total_time_s: float = 0.0  # wall time up to the last checkpoint, summed likewise
+    pruned: bool = False       # on_eval stopped the run (a sweep's pruner)
 
 
 def schedule_length(tcfg, batches_per_epoch: int) -> int:
@@ -71,10 +72,14 @@ def validate_trainer(t) -> None:
 
 
 class Trainer:
-    """Fits `model` on data.train, selecting on data.val; `run_dir/checkpoints/{last,best}`."""
+    """Fits `model` on data.train, selecting on data.val; `run_dir/checkpoints/{last,best}`.
 
-    def __init__(self, model, data, cfg, run_dir, logger, resume: bool = False):
+    on_eval(step, val metrics as logged) is called after every evaluation; True stops the run
+    there, with Progress.pruned set (a sweep's pruner: mmpt/trial.py)."""
+
+    def __init__(self, model, data, cfg, run_dir, logger, resume: bool = False, on_eval=None):
         self.model, self.data, self.cfg, self.t = model, data, cfg, cfg.trainer
+        self.on_eval = on_eval
         self.logger, self.ckpt = logger, run_dir / "checkpoints"
         self.main = data.task.main_metric
         self.device = distributed.device()
@@ -138,7 +143,10 @@ class Trainer:
             self.p.bad_evals += 1
         self.logger.log("eval", {**scores, "val/best": self.p.best, "epoch": self.p.epoch}, self.p.step)
         self._save_last()
-        return bool(self.t.patience) and self.p.bad_evals >= self.t.patience
+        if self.on_eval is not None:  # rank 0 decides, every rank stops with it
+            stop = self.on_eval(self.p.step, scores) if distributed.is_main() else None
+            self.p.pruned = self.p.pruned or bool(distributed.broadcast_object(stop))
+        return self.p.pruned or (bool(self.t.patience) and self.p.bad_evals >= self.t.patience)
 
     def _step(self) -> None:
         if self.t.grad_clip:

@@ -20,7 +20,7 @@ import yaml
 # eval cadence (it decides which checkpoint is "best"), eval batch size and precision - is part of
 # the identity. `mean_over_seeds` only says which seeds ran; each seed_<s>/ run is one seed.
 RUN_CONTROL = ("seed", "mean_over_seeds", "resume", "task_name", "optimized_metric", "paths", "logger",
-               "hydra", "trainer.log_every", "trainer.save_predictions")
+               "hydra", "trainer.log_every", "trainer.save_predictions", "trainer.threads")
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
