@@ -15,6 +15,8 @@ Optuna is imported inside functions only: mmpt runs without the sweep extra.
 import functools
 import logging
 import math
+import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,7 +102,7 @@ def open_storage(url):
     else:
         connect_args = {}
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": connect_args})
+        storage = _rdb_storage(url, connect_args)
     except ImportError as e:
         raise ConfigError(STORAGE_KEY, f"no database driver for {masked(url)} ({e}); PostgreSQL's "
                           "(psycopg2-binary) comes with mmpt's sweep extra, others are installed "
@@ -113,6 +115,22 @@ def open_storage(url):
         # "database is locked"; BEGIN IMMEDIATE takes the write lock first, so workers queue.
         sqlalchemy.event.listen(storage.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
     return storage
+
+
+def _rdb_storage(url: str, connect_args: dict):
+    """RDBStorage(url). Workers that start together on a new database race to create its tables:
+    the losers see "table ... already exists" or a duplicate schema-version row, and try again."""
+    import optuna
+    import sqlalchemy
+
+    for attempt in range(4):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": connect_args})
+        except sqlalchemy.exc.DatabaseError as e:
+            raced = isinstance(e, sqlalchemy.exc.IntegrityError) or "already exists" in str(e)
+            if not raced or attempt == 3:
+                raise
+            time.sleep(0.5 + random.random())
 
 
 def _first_line(e: Exception, url: str) -> str:

@@ -122,6 +122,9 @@ def collect(root) -> tuple[pd.DataFrame, int]:
             continue
         metrics = json.loads(mfile.read_text())
         seed = re.fullmatch(r"seed_(\d+)", run.name)
+        # a pruned trial (its own metrics.json, or a mean_over_seeds trial's: the seeds it finished)
+        trial_metrics = json.loads((run.parent / "metrics.json").read_text()) if seed and (
+            run.parent / "metrics.json").exists() else metrics
         key = test_key(metrics)
         runtime = (hydra.get("hydra") or {}).get("runtime") or {}
         cwd = runtime.get("cwd") or "."
@@ -137,6 +140,8 @@ def collect(root) -> tuple[pd.DataFrame, int]:
             "choices": {k: v for k, v in choices.items() if "/" not in k},
             "study": _study(hydra, run, root), "curve": str(run / "metrics.jsonl"),
             "val_key": metrics.get("optimized_metric_key"),
+            "pruned": trial_metrics.get("pruned") is True, "pruned_step": trial_metrics.get("pruned_step"),
+            "trial": (run.parent if seed else run).relative_to(root).as_posix() or ".",
         })
     return pd.DataFrame(rows), incomplete
 
