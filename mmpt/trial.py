@@ -105,7 +105,7 @@ def open_storage(url):
         storage = _rdb_storage(url, connect_args)
     except ImportError as e:
         raise ConfigError(STORAGE_KEY, f"no database driver for {masked(url)} ({e}); PostgreSQL's "
-                          "(psycopg2-binary) comes with mmpt's sweep extra, others are installed "
+                          "(psycopg, for postgresql://) comes with mmpt's sweep extra, others are installed "
                           "apart (e.g. pip install pymysql for mysql+pymysql://)") from None
     except Exception as e:  # sqlalchemy's OperationalError and the like: the server is not there
         raise ConfigError(STORAGE_KEY, f"{masked(url)} cannot be reached: {_first_line(e, url)}") from None
