@@ -46,4 +46,5 @@ def test_submitit_local_executor_runs_a_batch_of_trials(tmp_path):
     for t in study.trials:
         metrics = json.loads((tmp_path / "sweep" / str(t.number) / "metrics.json").read_text())
         assert metrics[metrics["optimized_metric_key"]] == pytest.approx(t.value)  # came back from the submitit job
+        assert sorted(t.intermediate_values) == [2, 4]  # and the job reported to its trial through the storage
     assert (tmp_path / "sweep" / ".submitit").is_dir()  # its jobs' files: they ran through submitit

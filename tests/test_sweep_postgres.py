@@ -6,8 +6,11 @@ server of its own with the same script, or is skipped where PostgreSQL cannot be
 missing URL fails instead: the test is never skipped there."""
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -23,15 +26,17 @@ def postgres_url(tmp_path_factory):
         return
     if os.environ.get("CI"):
         pytest.fail("CI runs without MMPT_TEST_POSTGRES_URL: .ci/run starts scripts/postgres.sh and sets it")
-    env = {**os.environ, "MMPT_PG_DIR": str(tmp_path_factory.mktemp("pg") / "server")}
-    script = ["bash", str(ROOT / "scripts" / "postgres.sh")]
+    # a server of its own, in a new folder directly under /tmp (the server's user must reach it)
+    server = Path(tempfile.gettempdir()) / f"mmpt-pg-test-{uuid.uuid4().hex[:8]}"
+    env, script = {**os.environ, "MMPT_PG_DIR": str(server)}, ["bash", str(ROOT / "scripts" / "postgres.sh")]
     proc = subprocess.run([*script, "start"], env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        pytest.skip(f"no PostgreSQL server here: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
     try:
+        if proc.returncode != 0:
+            pytest.skip(f"no PostgreSQL server here: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
         yield proc.stdout.strip().splitlines()[-1]
     finally:
         subprocess.run([*script, "stop"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(server, ignore_errors=True)
 
 
 def test_two_workers_share_a_study_on_postgresql_and_never_print_its_password(postgres_url, tmp_path):
