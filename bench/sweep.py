@@ -6,12 +6,15 @@ train and val splits, so an evaluation is short) is run
   - with hyperband (rungs at the evaluations), one worker;
   - with one worker (the search without pruning: the same run);
   - with two workers on one study (two sweep processes, one thread each, max_trials=16).
-For each: the training steps actually taken (from each trial's metrics.jsonl), the wall time, the
+and, apart (--part threads), one trial's run alone and two at once, each process with all
+cores' threads (what every process took before trials shared the cores) or with its share.
+For each search: the training steps actually taken (from each trial's metrics.jsonl), the wall time, the
 trials completed / pruned, and the best val accuracy of a completed trial. The seed-to-seed noise
 of that best val is the std over 3 training seeds of the unpruned search's best setting.
 
     python bench/sweep.py                       # MiniLM, about 40 minutes on an idle 2-core machine
     python bench/sweep.py --model t5_tiny       # the plumbing only (random weights: val is noise)
+    python bench/sweep.py --part threads        # only the threads table (a few minutes)
 """
 import argparse
 import json
@@ -36,16 +39,17 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-def train_cmd(args, *extra) -> list[str]:
-    return [sys.executable, "train.py", *MODELS[args.model], "method=lora", f"trainer.max_steps={args.steps}",
+def train_cmd(args, *extra, multirun: bool = False) -> list[str]:
+    return [sys.executable, "train.py", *(["-m"] if multirun else []), *MODELS[args.model], "method=lora",
+            f"trainer.max_steps={args.steps}",
             f"trainer.eval_every={args.eval_every}", "trainer.save_predictions=false", *extra]
 
 
 def search(args, name: str, workers: int, *extra) -> dict:
     out = args.out / name
-    cmd = train_cmd(args, "-m", "hparams_search=lora", f"hydra.sweeper.storage=sqlite:///{out}.db",
+    cmd = train_cmd(args, "hparams_search=lora", f"hydra.sweeper.storage=sqlite:///{out}.db",
                     f"hydra.sweeper.study_name={name}", f"hydra.sweep.dir={out}", f"hydra.sweeper.n_trials={args.trials}",
-                    f"hydra.sweeper.max_trials={args.trials}", "hydra.sweeper.sampler.seed=0", *extra)
+                    f"hydra.sweeper.max_trials={args.trials}", "hydra.sweeper.sampler.seed=0", *extra, multirun=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled"}
     start = time.perf_counter()
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(args.out / f"{name}_{w}.log", "w"),
@@ -62,7 +66,7 @@ def search(args, name: str, workers: int, *extra) -> dict:
     best = max(done, key=lambda t: t.value)
     return {"way": name, "workers": workers, "trials complete / pruned": f"{len(done)} / "
             f"{sum(t.state.name == 'PRUNED' for t in study.trials)}", "training steps": steps,
-            "wall s": round(wall), "best val acc": round(best.value, 4), "params": best.params}
+            "wall s": round(wall), "best val": round(best.value, 4), "params": best.params}
 
 
 def noise(args, params: dict) -> float:
@@ -77,6 +81,27 @@ def noise(args, params: dict) -> float:
     return statistics.stdev(vals)
 
 
+def at_once(args, n: int, threads: int | None) -> float:
+    """Wall seconds of n single runs (one setting of the search) started together."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    extra = ["optimizer.groups.adapters.lr=1e-3", "method.rank=8"] + ([f"trainer.threads={threads}"] if threads else [])
+    start = time.perf_counter()
+    procs = [subprocess.Popen(train_cmd(args, *extra, f"hydra.run.dir={args.out}/threads/{n}_{threads}_{i}"), cwd=ROOT,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(n)]
+    if any(p.wait() for p in procs):
+        sys.exit("a threads run failed")
+    return time.perf_counter() - start
+
+
+def threads_part(args, cores: int) -> None:
+    print(f"before: {uptime()}", flush=True)
+    rows = [("alone, all cores", at_once(args, 1, None)), (f"two at once, {cores} threads each", at_once(args, 2, cores)),
+            (f"two at once, {max(1, cores // 2)} thread(s) each (the sweep's share)", at_once(args, 2, max(1, cores // 2)))]
+    print(f"after: {uptime()}\n\n| one {args.steps}-step trial ({args.model}) | wall s | vs alone |\n|---|---|---|")
+    for name, wall in rows:
+        print(f"| {name} | {wall:.0f} | {wall / rows[0][1]:.2f}x |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=sorted(MODELS), default="minilm")
@@ -84,11 +109,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60, help="training steps of a trial that is not pruned")
     ap.add_argument("--eval-every", type=int, default=10, help="steps between evaluations (= pruning reports)")
     ap.add_argument("--out", type=Path, default=ROOT / "multirun" / "bench_sweep")
+    ap.add_argument("--part", choices=["search", "threads", "all"], default="all")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for old in args.out.glob("*.db"):
         old.unlink()  # each way is a fresh study
     cores = len(os.sched_getaffinity(0))
+    if args.part in ("threads", "all"):
+        threads_part(args, cores)
+    if args.part == "threads":
+        return
     print(f"before: {uptime()}", flush=True)
     plain = search(args, "no_pruning", 1)
     hyper = search(args, "hyperband", 1, "hydra/sweeper/pruner=hyperband", f"hydra.sweeper.pruner.min_resource={args.eval_every}",
@@ -98,7 +128,7 @@ def main() -> None:
     print(f"after: {uptime()}\n")
     one = {**plain, "way": "one_worker (= no_pruning)"}
     rows = [plain, hyper, one, two]
-    keys = ["way", "workers", "trials complete / pruned", "training steps", "wall s", "best val acc"]
+    keys = ["way", "workers", "trials complete / pruned", "training steps", "wall s", "best val"]
     print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
     for r in rows:
         print("| " + " | ".join(str(r[k]) for k in keys) + " |")
