@@ -12,7 +12,7 @@ For each search: the training steps actually taken (from each trial's metrics.js
 trials completed / pruned, and the best val accuracy of a completed trial. The seed-to-seed noise
 of that best val is the std over 3 training seeds of the unpruned search's best setting.
 
-    python bench/sweep.py                       # MiniLM, about 40 minutes on an idle 2-core machine
+    python bench/sweep.py                       # MiniLM, about 35 minutes on an idle 2-core machine
     python bench/sweep.py --model t5_tiny       # the plumbing only (random weights: val is noise)
     python bench/sweep.py --part threads        # only the threads table (a few minutes)
 """
@@ -29,7 +29,7 @@ import optuna
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {  # the search's fixed settings per backbone
-    "minilm": ["model=minilm", "dataset=sst2", "k_shot=512", "trainer.batch_size=32", "dataset.max_length=64",
+    "minilm": ["model=minilm", "dataset=sst2", "k_shot=256", "trainer.batch_size=16", "dataset.max_length=64",
                "optimizer.groups.head.lr=1e-3"],
     "t5_tiny": ["model=t5_tiny", "dataset=cb", "dataset.max_length=64"],
 }
@@ -106,7 +106,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=sorted(MODELS), default="minilm")
     ap.add_argument("--trials", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=60, help="training steps of a trial that is not pruned")
+    ap.add_argument("--steps", type=int, default=40, help="training steps of a trial that is not pruned")
     ap.add_argument("--eval-every", type=int, default=10, help="steps between evaluations (= pruning reports)")
     ap.add_argument("--out", type=Path, default=ROOT / "multirun" / "bench_sweep")
     ap.add_argument("--part", choices=["search", "threads", "all"], default="all")

@@ -8,7 +8,6 @@ import statistics
 import sys
 
 import torch
-
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -61,8 +60,9 @@ def main_wrapper(fn, cfg):
     """
     try:
         with distributed.session():
+            plan = run_threads(cfg)  # checked before anything is written
             claim_run_dir(cfg)  # .hydra/ and the log file; refuses to resume into another run
-            set_threads(cfg)
+            set_threads(plan)
             metrics = over_seeds(fn, cfg) if cfg.get("mean_over_seeds") else fn(cfg)
     except MMPTError as e:
         log.error("%s", e)
@@ -76,10 +76,11 @@ def main_wrapper(fn, cfg):
     return trial.outcome(metrics, key)  # the metric, or Pruned(step) for the sweeper
 
 
-def set_threads(cfg) -> None:
-    """torch's CPU threads for this run: `trainer.threads`, else in a sweep whose launcher runs
-    several trials side by side on this machine, each its share (cores // trials at once), so
-    that parallel trials share the cores instead of each taking all of them."""
+def run_threads(cfg) -> tuple[int | None, int, int]:
+    """(torch CPU threads for this run or None for torch's default, cores, trials at once):
+    `trainer.threads`, else in a sweep whose launcher runs several trials side by side on this
+    machine, each its share (cores // trials at once), so that they share the cores instead of
+    each taking all of them."""
     threads = cfg.trainer.get("threads")
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise ConfigError("trainer.threads", f"expected null (automatic) or an integer >= 1, got {threads!r}")
@@ -87,6 +88,11 @@ def set_threads(cfg) -> None:
     at_once = trials_at_once(cores) if in_sweep() else 1
     if threads is None and at_once > 1:
         threads = max(1, cores // at_once)
+    return threads, cores, at_once
+
+
+def set_threads(plan: tuple[int | None, int, int]) -> None:
+    threads, cores, at_once = plan
     if threads is not None:
         torch.set_num_threads(threads)
     if in_sweep():

@@ -48,3 +48,24 @@ def test_submitit_local_executor_runs_a_batch_of_trials(tmp_path):
         assert metrics[metrics["optimized_metric_key"]] == pytest.approx(t.value)  # came back from the submitit job
         assert sorted(t.intermediate_values) == [2, 4]  # and the job reported to its trial through the storage
     assert (tmp_path / "sweep" / ".submitit").is_dir()  # its jobs' files: they ran through submitit
+
+
+def test_trainer_threads_sets_torch_threads_and_a_bad_value_is_refused_before_anything_is_written(tmp_path):
+    import torch
+
+    from conftest import compose_cfg
+    from mmpt.cli import run_threads, set_threads
+    from test_cli import run_cli
+
+    before = torch.get_num_threads()
+    try:
+        plan = run_threads(compose_cfg(["trainer.threads=1"]))
+        assert plan[0] == 1 and plan[2] == 1  # outside a sweep: one run at a time
+        set_threads(plan)
+        assert torch.get_num_threads() == 1
+        assert run_threads(compose_cfg([]))[0] is None  # default: torch's own choice (all cores)
+    finally:
+        torch.set_num_threads(before)
+    proc = run_cli(tmp_path, "model=t5_tiny", "dataset=cb", "trainer.threads=0")
+    assert proc.returncode == 2 and "trainer.threads" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / ".hydra").exists()

@@ -6,7 +6,6 @@ import shutil
 import signal
 import time
 
-import optuna
 import pytest
 
 from sweep_toy import jobs, run, start, trials, workers

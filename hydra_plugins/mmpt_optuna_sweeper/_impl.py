@@ -354,7 +354,8 @@ class OptunaSweep:
             for ret in failures:
                 if ret.status != JobStatus.COMPLETED:
                     ret.return_value  # re-raises the job's exception, with its traceback
-            raise ConfigError("hydra.sweeper.max_failure_rate", "trials returned no number")
+            raise ConfigError("hydra.sweeper.max_failure_rate", f"{len(failures)} of {len(returns)} trials of a "
+                              f"batch returned no number (allowed share: {self.max_failure_rate})")
 
     def _write_results(self, study, n_objectives: int) -> None:
         counts = {}
