@@ -134,7 +134,7 @@ def main() -> None:
         print("| " + " | ".join(str(r[k]) for k in keys) + " |")
     print(f"\n{args.model}, {args.trials} trials of {args.steps} steps (eval every {args.eval_every}), {cores} cores")
     print(f"hyperband / no pruning: training steps {hyper['training steps'] / plain['training steps']:.2f}x, "
-          f"wall {hyper['wall s'] / plain['wall s']:.2f}x, best val {hyper['best val acc'] - plain['best val acc']:+.4f} "
+          f"wall {hyper['wall s'] / plain['wall s']:.2f}x, best val {hyper['best val'] - plain['best val']:+.4f} "
           f"(seed-to-seed std of the unpruned best setting: {sd:.4f})")
     print(f"two workers / one worker: wall {two['wall s'] / plain['wall s']:.2f}x")
 
