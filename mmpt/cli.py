@@ -2,15 +2,18 @@
 and (a Hydra callback) one run dir for all torchrun processes."""
 import json
 import logging
+import math
 import os
 import statistics
 import sys
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict, read_write
 
+from mmpt import trial
 from mmpt.engine import distributed
 from mmpt.runs import claim_run_dir, run_dir
 from mmpt.errors import ConfigError, MMPTError
@@ -27,17 +30,23 @@ def over_seeds(fn, cfg) -> dict:
     seeds = list(cfg.mean_over_seeds)
     if not seeds or not all(isinstance(s, int) for s in seeds):
         raise ConfigError("mean_over_seeds", f"expected a list of integer seeds, got {seeds!r}")
-    out, runs = run_dir(cfg), []
+    out, runs, pruned = run_dir(cfg), [], False
     for seed in seeds:
         sub = cfg.copy()
         with open_dict(sub):
             sub.seed, sub.mean_over_seeds = seed, None
             sub.paths.output_dir = str(out / f"seed_{seed}")
         runs.append(fn(sub))
+        # in a sweep's trial: report the mean so far at step len(runs); a pruned trial skips the rest
+        pruned = trial.report_seeds(runs, cfg.get("optimized_metric") or runs[0].get("optimized_metric_key"))
+        if pruned and len(runs) < len(seeds):
+            break
     keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     mean = {k: statistics.fmean(r[k] for r in runs) for k in keys}
     mean.update({f"{k}_std": statistics.pstdev([r[k] for r in runs]) for k in keys if "/" in k})
-    mean.update(seeds=seeds, optimized_metric_key=runs[0].get("optimized_metric_key"))
+    mean.update(seeds=[int(s) for s in seeds[:len(runs)]], optimized_metric_key=runs[0].get("optimized_metric_key"))
+    if pruned:
+        mean.update(pruned=True, pruned_step=len(runs))
     if distributed.is_main():
         (out / "metrics.json").write_text(json.dumps(mean, indent=1, sort_keys=True))
     return mean
@@ -51,7 +60,9 @@ def main_wrapper(fn, cfg):
     """
     try:
         with distributed.session():
+            plan = run_threads(cfg)  # checked before anything is written
             claim_run_dir(cfg)  # .hydra/ and the log file; refuses to resume into another run
+            set_threads(plan)
             metrics = over_seeds(fn, cfg) if cfg.get("mean_over_seeds") else fn(cfg)
     except MMPTError as e:
         log.error("%s", e)
@@ -60,9 +71,48 @@ def main_wrapper(fn, cfg):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     key = cfg.get("optimized_metric") or metrics.get("optimized_metric_key")
-    if key not in metrics:
+    if key not in metrics and not metrics.get("pruned"):
         raise ConfigError("optimized_metric", f"{key!r} is not among the run's metrics {sorted(metrics)[:10]}")
-    return metrics[key]
+    return trial.outcome(metrics, key)  # the metric, or Pruned(step) for the sweeper
+
+
+def run_threads(cfg) -> tuple[int | None, int, int]:
+    """(torch CPU threads for this run or None for torch's default, cores, trials at once):
+    `trainer.threads`, else in a sweep whose launcher runs several trials side by side on this
+    machine, each its share (cores // trials at once), so that they share the cores instead of
+    each taking all of them."""
+    threads = cfg.trainer.get("threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ConfigError("trainer.threads", f"expected null (automatic) or an integer >= 1, got {threads!r}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    at_once = trials_at_once(cores) if in_sweep() else 1
+    if threads is None and at_once > 1:
+        threads = max(1, cores // at_once)
+    return threads, cores, at_once
+
+
+def set_threads(plan: tuple[int | None, int, int]) -> None:
+    threads, cores, at_once = plan
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if in_sweep():
+        log.info("pid %d: %d torch threads (%d cores, %d trials at once)", os.getpid(), torch.get_num_threads(),
+                 cores, at_once)
+
+
+def trials_at_once(cores: int) -> int:
+    """How many jobs of this sweep the launcher runs at the same time on this machine."""
+    hc = HydraConfig.get()
+    launcher = str(hc.launcher.get("_target_", ""))
+    batch = hc.sweeper.get("n_jobs") or math.inf  # an Optuna sweeper launches batches of n_jobs
+    if "JoblibLauncher" in launcher:
+        n = hc.launcher.get("n_jobs") or 1
+        n = n if n > 0 else max(1, cores + 1 + n)  # joblib: -1 = all cores, -2 = all but one, ...
+    elif launcher.endswith("LocalLauncher"):  # submitit's local executor: one process per job
+        n = hc.launcher.get("array_parallelism") or math.inf
+    else:
+        return 1  # the basic launcher runs jobs one after another; Slurm gives each job its own cores
+    return int(min(n, batch, cores))  # more trials than cores: one thread each all the same
 
 
 class TorchrunRunDir(Callback):

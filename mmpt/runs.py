@@ -22,8 +22,9 @@ from mmpt.models import build_model
 
 CONFIG = Path(".hydra") / "config.yaml"
 
-# What a resumed command may change: where files are read and written, and how runs are logged.
-RUN_CONTROL = ("resume", "paths", "logger", "optimized_metric")
+# What a resumed command may change: where files are read and written, how runs are logged, and
+# how many CPU threads it takes.
+RUN_CONTROL = ("resume", "paths", "logger", "optimized_metric", "trainer.threads")
 
 
 # -- a new run's folder --
@@ -42,7 +43,7 @@ def config_changes(saved, cfg) -> list[str]:
 
     a, b = (drop_defaults(flat(OmegaConf.to_container(c, resolve=False))) for c in (saved, cfg))
     keys = sorted(a.keys() | b.keys(), key=lambda k: (not k.endswith(".name"), k))
-    keys = [k for k in keys if k.split(".")[0] not in RUN_CONTROL]
+    keys = [k for k in keys if not any(k == c or k.startswith(c + ".") for c in RUN_CONTROL)]
     return [f"{k}: {a.get(k, '<unset>')} -> {b.get(k, '<unset>')}" for k in keys if a.get(k) != b.get(k)]
 
 

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -57,8 +58,11 @@ def test_resumed_study_draws_new_points_fails_killed_trials_and_keeps_every_fold
     first = sweep(out, db, 2, *args, preset="lora", method="lora")
     assert first.returncode == 0, first.stderr[-1500:]
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{db}")
-    study.ask()  # trial 2: what a sweep killed mid-trial leaves behind (RUNNING)
-    second = sweep(out, db, 2, *args, preset="lora", method="lora")
+    study.ask()  # trial 2: what a sweep killed mid-trial leaves behind (RUNNING, no longer stamped)
+    # Other workers may share a study, so only a trial unstamped for the heartbeat's grace period
+    # is a killed worker's: 1 s here. It becomes FAIL and is queued again (trial 3).
+    time.sleep(1.5)
+    second = sweep(out, db, 2, *args, "hydra.sweeper.heartbeat.grace_period=1", preset="lora", method="lora")
     assert second.returncode == 0, second.stderr[-1500:]
     trials = optuna.load_study(study_name="s", storage=f"sqlite:///{db}").trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]

@@ -1,107 +1,427 @@
-"""What resumable_optuna adds to hydra-optuna-sweeper (1.3, Optuna 2.x) when a study is resumed.
+"""mmpt's Optuna sweeper: hydra-optuna-sweeper's keys and search-space grammar on Optuna 4+.
 
-A study is resumed when `hydra.sweeper.storage` already holds `hydra.sweeper.study_name`. Then:
-- Trials a killed sweep left RUNNING are marked FAIL (one sweep process per study is assumed).
-- The sampler is rebuilt with seed = its configured seed + the study's trial count. A fixed seed
-  would restart the sampler's random sequence, so a resumed study re-proposed its first trials.
-  The offset keeps runs reproducible: the same study state gives the same proposals.
-- A grid (GridSampler) runs only its points the study has not finished (completed or failed);
-  a finished grid runs nothing.
-Always: a trial's job number (so its folder, hydra.sweep.subdir = ${hydra.job.num}) is its
-trial number in the study, so a resumed sweep in the same sweep dir adds folders instead of
-overwriting them; a sweep that would write into an existing trial folder stops before it starts.
-Optuna's set-up lines are quieted; the sweep logs one line at its start and one at its end.
+What it does beyond a plain ask-launch-tell loop:
+- **Shared studies.** Any number of sweep processes (workers), on one machine or many, may run
+  with the same `storage` and `study_name`: the study's storage hands out trial numbers, so every
+  trial runs once, in the folder named by its number. `n_trials` counts the trials this worker
+  runs; `max_trials` caps the trials the study may hold (a trial numbered `max_trials` or above
+  is not run).
+- **Seeds.** A worker's sampler is seeded with `sampler.seed` + the number of its first trial.
+  Two workers never share a first trial, so they draw from different seed streams; one worker on
+  the same storage state draws the same points (a resumed study continues with new points rather
+  than replaying its first ones, as the study's trial count is that first number).
+- **Grids.** The worker that creates a grid study queues each grid point once as a WAITING trial
+  and marks the study; workers only take queued points (a storage-side compare-and-set), so no
+  point runs twice, and a finished grid runs nothing.
+- **Heartbeats.** While its jobs run, a worker stamps its RUNNING trials every
+  `heartbeat.interval` seconds. A RUNNING trial not stamped for `heartbeat.grace_period` seconds
+  (a killed worker's) is failed by the next worker that starts a batch, and queued again with
+  Optuna's RetryHeartbeatStaleTrialCallback (`heartbeat.max_retry` times).
+- **Pruning.** `pruner` is an Optuna pruner. Each job reports to its trial (mmpt/trial.py) and
+  returns `Pruned` when the pruner stops it; the trial is then told PRUNED.
+Bad settings fail in one line naming the key, before any trial is asked.
 """
-import functools
-import itertools
+import contextlib
+import json
 import logging
+import os
+import threading
+import time
+import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 import optuna
+import yaml
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
 from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import OmegaConf
-from optuna.trial import Trial, TrialState
+from optuna.distributions import CategoricalDistribution, IntDistribution
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
 
+from mmpt import trial as job_side
 from mmpt.errors import ConfigError
+
+from . import search_space
 
 log = logging.getLogger(__name__)
 
+HEARTBEAT = "mmpt:heartbeat"      # trial system attr: when a worker last stamped the running trial
+GRID = "mmpt:grid"                # study system attr: the grid points queued in the study (JSON)
+OVER_CAP = "mmpt:over_max_trials"  # trial system attr: asked past max_trials by a racing worker, not run
+GRID_WAIT_S = 60                  # how long a worker waits for the creator to queue a new grid
+IN_PROCESS_LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher",)
 
-def _quiet() -> None:
-    """Hide set-up chatter: Optuna's study lines and the plugin's echo of its settings."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("hydra_plugins.hydra_optuna_sweeper._impl").setLevel(logging.WARNING)
+
+def _int(key: str, value, low: int, none_ok: bool = False):
+    if value is None and none_ok:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(key, f"expected {'null or ' if none_ok else ''}an integer >= {low}, got {value!r}")
+    return value
 
 
-class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
-    def sweep(self, arguments: List[str]) -> None:
-        _quiet()
-        study = self._existing_study()
-        done, note, seed = 0, "", self.config.hydra.sweeper.sampler.get("seed")
-        if study is not None:
-            killed = [t.number for t in study.trials if t.state == TrialState.RUNNING]
-            for number in killed:
-                study.tell(number, state=TrialState.FAIL)
-            done = len(study.trials)
-            note = f", {len(killed)} left running by a killed sweep marked FAIL" if killed else ""
-            seed = self._reseed(offset=done)
-            if self._is_grid():
-                self.n_trials = min(self.n_trials, self._grid_points_left(study, arguments))
-        self._refuse_existing_folders(range(done, done + self.n_trials))
-        log.info("Optuna study %s (%s): %d trials so far%s; running %d more with %s%s", self.study_name,
-                 self.storage or "in memory", done, note, self.n_trials,
-                 "GridSampler" if self._is_grid() else type(self.sampler).__name__,
-                 f" (seed {seed})" if seed is not None else "")
-        super().sweep(arguments)
-        results = OmegaConf.load(Path(self.sweep_dir) / "optimization_results.yaml")
-        if "best_value" in results:
-            log.info("best value %s with %s", results.best_value, OmegaConf.to_container(results.best_params))
+class OptunaSweep:
+    def __init__(self, sampler, pruner, direction, storage, study_name, n_trials, n_jobs, max_failure_rate,
+                 params=None, custom_search_space=None, max_trials=None, heartbeat=None, **unknown):
+        if unknown:  # e.g. hydra-optuna-sweeper's deprecated search_space
+            raise ConfigError(f"hydra.sweeper.{sorted(unknown)[0]}", "not a key of mmpt's Optuna sweeper "
+                              "(the search space goes under hydra.sweeper.params)")
+        self.sampler_cfg, self.pruner_cfg = sampler, pruner
+        self.direction, self.url, self.study_name = direction, storage, study_name
+        self.n_trials = _int("hydra.sweeper.n_trials", n_trials, 0)
+        self.n_jobs = _int("hydra.sweeper.n_jobs", n_jobs, 1)
+        self.max_trials = _int("hydra.sweeper.max_trials", max_trials, 1, none_ok=True)
+        if not isinstance(max_failure_rate, (int, float)) or not 0 <= max_failure_rate <= 1:
+            raise ConfigError("hydra.sweeper.max_failure_rate", f"expected a share in [0, 1], got {max_failure_rate!r}")
+        self.max_failure_rate = float(max_failure_rate)
+        self.params, self.custom = params or {}, custom_search_space
+        hb = heartbeat or {}
+        self.beat_every = _int("hydra.sweeper.heartbeat.interval", hb.get("interval"), 1, none_ok=True)
+        grace = _int("hydra.sweeper.heartbeat.grace_period", hb.get("grace_period"), 1, none_ok=True)
+        self.grace = grace or 2 * (self.beat_every or 0)
+        self.max_retry = _int("hydra.sweeper.heartbeat.max_retry", hb.get("max_retry", 0), 0)
 
-    def _configure_trials(self, trials: List[Trial], search_space_distributions: Dict[str, Any],
-                          fixed_params: Dict[str, Any]) -> Sequence[Sequence[str]]:
-        # The launcher numbers jobs from self.job_idx: start the batch at its first trial number.
-        numbers = [t.number for t in trials]
-        if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
-            raise RuntimeError(f"study {self.study_name}: trial numbers {numbers} are not consecutive "
-                               "(another process is adding trials to it); trial folders would be mixed up")
-        self.job_idx = numbers[0]
-        return super()._configure_trials(trials, search_space_distributions, fixed_params)
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context,
+                                                                task_function=task_function)
+        self.sweep_dir = Path(config.hydra.sweep.dir)
 
-    def _existing_study(self) -> Optional[optuna.Study]:
-        if self.storage is None or self.study_name is None:  # in memory / unnamed: always a new study
-            return None
-        try:
-            return optuna.load_study(study_name=self.study_name, storage=self.storage)
-        except KeyError:
-            return None
+    # ---- settings ----------------------------------------------------------------------------
+    def _directions(self) -> list[str]:
+        raw = OmegaConf.to_container(self.direction) if OmegaConf.is_config(self.direction) else self.direction
+        raw = raw if isinstance(raw, list) else [raw]
+        names = [getattr(d, "name", d) for d in raw]
+        if not names or any(d not in ("minimize", "maximize") for d in names):
+            raise ConfigError("hydra.sweeper.direction", f"expected minimize, maximize or a list of them, got {raw!r}")
+        return names
 
     def _is_grid(self) -> bool:
-        return isinstance(self.sampler, functools.partial) and self.sampler.func == optuna.samplers.GridSampler
+        return self.sampler_cfg.get("_target_") == "optuna.samplers.GridSampler"
 
-    def _reseed(self, offset: int) -> Optional[int]:
-        """Rebuild the sampler with its seed + offset; the seed now in use (None: unseeded)."""
-        cfg = self.config.hydra.sweeper.sampler
-        if self._is_grid() or cfg.get("seed") is None:
-            return None
-        self.sampler = instantiate(cfg, seed=cfg.seed + offset)
-        return cfg.seed + offset
+    def _sampler(self, offset: int):
+        """The configured sampler, its seed moved by `offset` (a grid's points are queued: a random sampler)."""
+        cfg = OmegaConf.to_container(self.sampler_cfg)
+        if self._is_grid():
+            cfg = {"_target_": "optuna.samplers.RandomSampler", "seed": cfg.get("seed")}
+        cfg.pop("_partial_", None)
+        if cfg.get("seed") is not None:
+            cfg["seed"] += offset
+        try:
+            return instantiate(cfg)
+        except Exception as e:
+            raise ConfigError("hydra.sweeper.sampler", f"{cfg.get('_target_')}: {_cause(e)}") from None
 
-    def _grid_points_left(self, study: optuna.Study, arguments: List[str]) -> int:
-        """Grid points no finished trial of the study has run (GridSampler skips those too)."""
-        space, fixed = create_params_from_overrides(self._parse_sweeper_params_config() + list(arguments))
-        grid = {name: self._to_grid_sampler_choices(d) for name, d in space.items() if name not in fixed}
-        names = sorted(grid)
-        finished = {tuple(t.params.get(n) for n in names) for t in study.trials if t.state.is_finished()}
-        return len(set(itertools.product(*(grid[n] for n in names))) - finished)
+    def _pruner(self):
+        target = self.pruner_cfg.get("_target_") if self.pruner_cfg else None
+        if not target:
+            raise ConfigError("hydra.sweeper.pruner", "expected one of hydra/sweeper/pruner=none|median|"
+                              "successive_halving|hyperband|threshold (a YAML with a _target_)")
+        try:
+            pruner = instantiate(self.pruner_cfg)
+        except Exception as e:
+            raise ConfigError("hydra.sweeper.pruner", f"{target}: {_cause(e)}") from None
+        if not isinstance(pruner, optuna.pruners.BasePruner):
+            raise ConfigError("hydra.sweeper.pruner._target_", f"{target} is not an Optuna pruner")
+        return pruner
 
-    def _refuse_existing_folders(self, numbers: range) -> None:
-        """Stop before a trial would write into another trial's folder (default subdir layout only)."""
-        if OmegaConf.to_container(self.config.hydra.sweep, resolve=False).get("subdir") != "${hydra.job.num}":
+    def _check_pruning(self, pruner, directions: list[str]) -> None:
+        if isinstance(pruner, optuna.pruners.NopPruner):
             return
-        taken = [n for n in numbers if (Path(self.sweep_dir) / str(n) / ".hydra").exists()]
+        if len(directions) > 1:
+            raise ConfigError("hydra.sweeper.pruner", "Optuna prunes single-objective studies only; "
+                              "use hydra/sweeper/pruner=none with several directions")
+        launcher = str(self.config.hydra.launcher.get("_target_"))
+        if self.url is None and launcher not in IN_PROCESS_LAUNCHERS:
+            raise ConfigError("hydra.sweeper.pruner", f"the pruner cannot reach an in-memory study from {launcher}'s "
+                              "jobs (other processes): set hydra.sweeper.storage=sqlite:///FILE or journal:///FILE")
+        metric = self.config.get("optimized_metric")
+        if metric and not str(metric).startswith("val/"):
+            raise ConfigError("optimized_metric", f"{metric!r}: a pruned sweep optimizes a val metric "
+                              "(reported at every evaluation), e.g. val/acc")
+
+    # ---- the sweep -------------------------------------------------------------------------
+    def sweep(self, arguments: list[str]) -> None:
+        # Optuna's set-up lines and its notes on experimental features (heartbeat retries) are noise here
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        directions = self._directions()
+        params = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        space, fixed = search_space.parse(params)
+        points = search_space.grid_points(space) if self._is_grid() else None
+        pruner = self._pruner()
+        self._check_pruning(pruner, directions)
+        self._sampler(0)  # a bad sampler fails here, before any trial
+        storage = job_side.open_storage(self.url)
+        self._refuse_foreign_folders()
+        study, created = self._open_study(storage, directions, pruner)
+        if self.url is None:  # jobs run in this process (basic launcher): they find the study here
+            job_side.IN_PROCESS[study.study_name] = storage
+        if points is not None:
+            self._queue_grid(study, points, created)
+        stale = self._fail_stale(study)
+        log.info("Optuna study %s (%s): %d trials so far%s; this worker runs up to %d, %d at a time%s, with %s%s",
+                 study.study_name, job_side.masked(self.url), len(study.trials),
+                 f", {stale} stale (a killed worker's) failed" if stale else "", self.n_trials, self.n_jobs,
+                 f" (study cap {self.max_trials})" if self.max_trials else "",
+                 "a grid" if points is not None else self.sampler_cfg.get("_target_", "").rsplit(".", 1)[-1],
+                 "" if isinstance(pruner, optuna.pruners.NopPruner) else f" and {type(pruner).__name__}")
+        ran = 0
+        while ran < self.n_trials:
+            if ran:
+                self._fail_stale(study)
+            batch = self._ask(study, min(self.n_jobs, self.n_trials - ran), space, fixed, first=ran == 0)
+            if not batch:
+                break
+            overrides = [self._overrides(t, fixed, study.study_name) for t in batch]
+            try:
+                with self._heartbeat([t._trial_id for t in batch], storage):
+                    returns = self.launcher.launch(overrides, initial_job_idx=batch[0].number)
+            except BaseException:  # e.g. Ctrl-C: these trials will not finish
+                for t in batch:
+                    study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
+                raise
+            self._tell(study, batch, returns, len(directions))
+            ran += len(batch)
+        self._write_results(study, len(directions))
+
+    def _open_study(self, storage, directions, pruner):
+        """(the study, whether this worker created it): several workers may race to create it."""
+        kwargs = dict(study_name=self.study_name, storage=storage, sampler=self._sampler(0), pruner=pruner)
+        study, created = None, False
+        if self.study_name is not None:
+            with contextlib.suppress(KeyError):
+                study = optuna.load_study(**kwargs)
+        if study is None:
+            try:
+                study, created = optuna.create_study(directions=directions, **kwargs), True
+            except optuna.exceptions.DuplicatedStudyError:
+                study = optuna.load_study(**kwargs)
+        have = [d.name.lower() for d in study.directions]
+        if have != directions:
+            raise ConfigError("hydra.sweeper.direction", f"study {study.study_name} in {job_side.masked(self.url)} "
+                              f"is {have}, not {directions}")
+        return study, created
+
+    def _queue_grid(self, study, points: list[dict], created: bool) -> None:
+        """Queue the grid points no trial of the study has, once (see the module docstring)."""
+        storage, sid = study._storage, study._study_id
+        if not created and GRID not in storage.get_study_system_attrs(sid):
+            legacy = any("grid_id" in t.system_attrs for t in study.get_trials(deepcopy=False))  # GridSampler's
+            deadline = time.time() + (0 if legacy else GRID_WAIT_S)
+            while GRID not in storage.get_study_system_attrs(sid) and time.time() < deadline:
+                time.sleep(0.5)  # the creator is queueing the points
+        queued = json.loads(storage.get_study_system_attrs(sid).get(GRID, "[]"))
+        have = {_point_key(t.params or t.system_attrs.get("fixed_params", {})) for t in study.get_trials(deepcopy=False)}
+        new = [p for p in points if _point_key(p) not in have and _point_key(p) not in set(queued)]
+        for point in new:
+            study.enqueue_trial(point)
+        if new or created:
+            storage.set_study_system_attr(sid, GRID, json.dumps(queued + [_point_key(p) for p in new]))
+
+    def _ask(self, study, k: int, space, fixed, first: bool) -> list:
+        trials = []
+        for _ in range(k):
+            trial_id = self._next_trial_id(study)
+            if trial_id is None:
+                break
+            if first and not trials:  # this worker's seed stream starts at its first trial's number
+                number = study._storage.get_trial_number_from_id(trial_id)
+                study.sampler = self._sampler(number)
+                if self.sampler_cfg.get("seed") is not None and not self._is_grid():
+                    log.info("sampler seed %d (%d + first trial %d)", self.sampler_cfg.seed + number,
+                             self.sampler_cfg.seed, number)
+            trial = optuna.Trial(study, trial_id)
+            for name, d in space.items():
+                _suggest(trial, name, d)
+            for name, value in fixed.items():
+                trial.set_user_attr(name, value)
+            if self.custom:
+                instantiate({"_target_": self.custom, "_partial_": True})(self.config, trial)
+                clash = sorted(set(trial.params) & set(fixed))
+                if clash:
+                    raise ConfigError("hydra.sweeper.custom_search_space", f"sets {clash}, which are fixed values")
+            trials.append(trial)
+        return trials
+
+    def _next_trial_id(self, study) -> int | None:
+        """A queued trial (a grid point, a retried trial) if any is left, else a new one (not for
+        grids); None when the grid or max_trials is used up. Optuna's own ask does the same but
+        cannot be told to take queued trials only, nor to stop at a cap."""
+        storage, cap = study._storage, self.max_trials
+        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            if cap is not None and t.number >= cap:
+                continue
+            try:
+                if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):  # compare-and-set
+                    return t._trial_id
+            except UpdateFinishedTrialError:
+                continue  # another worker finished it meanwhile
+        if self._is_grid() or (cap is not None and len(study.get_trials(deepcopy=False)) >= cap):
+            return None
+        trial_id = storage.create_new_trial(study._study_id)
+        if cap is not None and storage.get_trial_number_from_id(trial_id) >= cap:  # another worker took the last place
+            storage.set_trial_system_attr(trial_id, OVER_CAP, True)
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            return None
+        return trial_id
+
+    def _overrides(self, trial, fixed: dict, study_name: str) -> list[str]:
+        values = {**trial.params, **fixed}
+        # the job's trial: its folder (hydra.sweep.subdir) and what mmpt/trial.py reads
+        hydra = [f"+hydra.sweeper.trial={trial.number}"]
+        if self.study_name is None:  # Optuna named the study: the jobs need that name
+            hydra.append(f"hydra.sweeper.study_name={study_name}")
+        return [f"{name}={_override_value(v)}" for name, v in values.items()] + hydra
+
+    @contextlib.contextmanager
+    def _heartbeat(self, trial_ids: list[int], storage):
+        if self.beat_every is None or self.url is None:  # in memory: no other worker to notice
+            yield
+            return
+        stop = threading.Event()
+
+        def beat():
+            while True:
+                for tid in trial_ids:
+                    try:
+                        storage.set_trial_system_attr(tid, HEARTBEAT, time.time())
+                    except UpdateFinishedTrialError:
+                        pass
+                    except Exception as e:  # a storage hiccup: the next beat tries again
+                        log.warning("heartbeat of trial id %d failed: %s", tid, str(e).splitlines()[0][:200])
+                if stop.wait(self.beat_every):
+                    return
+
+        thread = threading.Thread(target=beat, name="mmpt-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _fail_stale(self, study) -> int:
+        """Fail RUNNING trials whose worker stopped stamping them (killed); queue them again."""
+        if self.beat_every is None or self.url is None:
+            return 0
+        storage, now, failed = study._storage, time.time(), 0
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry) if self.max_retry else None
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            started = t.datetime_start.timestamp() if t.datetime_start else 0.0
+            if now - max(t.system_attrs.get(HEARTBEAT, 0.0), started) <= self.grace:
+                continue
+            try:
+                if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                    continue
+            except UpdateFinishedTrialError:
+                continue  # another worker failed it first
+            failed += 1
+            log.warning("trial %d: no heartbeat for over %d s (its worker was killed): marked FAIL%s", t.number,
+                        self.grace, ", queued again" if retry else "")
+            if retry is not None:
+                retry(study, storage.get_trial(t._trial_id))
+        return failed
+
+    def _tell(self, study, batch, returns, n_objectives: int) -> None:
+        failures = []
+        for trial, ret in zip(batch, returns):
+            if ret.status == JobStatus.COMPLETED and isinstance(ret.return_value, job_side.Pruned):
+                study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+                continue
+            values = None
+            if ret.status == JobStatus.COMPLETED:
+                try:
+                    raw = ret.return_value if n_objectives > 1 else [ret.return_value]
+                    values = [float(v) for v in raw]
+                    assert len(values) == n_objectives
+                except (TypeError, ValueError, AssertionError):
+                    log.warning("trial %d returned %r, not %d number(s): marked FAIL", trial.number,
+                                ret.return_value, n_objectives)
+            if values is None:
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                failures.append(ret)
+                if ret.status != JobStatus.COMPLETED:
+                    log.warning("trial %d failed: %s", trial.number, _cause(ret._return_value))
+            else:
+                study.tell(trial, values, skip_if_finished=True)
+        if failures and len(failures) / len(returns) > self.max_failure_rate:
+            log.error("%d of %d trials of the batch failed (hydra.sweeper.max_failure_rate=%s)", len(failures),
+                      len(returns), self.max_failure_rate)
+            for ret in failures:
+                if ret.status != JobStatus.COMPLETED:
+                    ret.return_value  # re-raises the job's exception, with its traceback
+            raise ConfigError("hydra.sweeper.max_failure_rate", f"{len(failures)} of {len(returns)} trials of a "
+                              f"batch returned no number (allowed share: {self.max_failure_rate})")
+
+    def _write_results(self, study, n_objectives: int) -> None:
+        counts = {}
+        for t in study.get_trials(deepcopy=False):
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name,
+                                   "storage": job_side.masked(self.url), "trials": counts}
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if complete and n_objectives == 1:
+            best = study.best_trial
+            results.update(best_params=best.params, best_value=best.value, best_trial=best.number)
+            log.info("best value %s with %s (trial %d; study: %s)", best.value, best.params, best.number,
+                     ", ".join(f"{n} {k}" for k, n in counts.items()))
+        elif complete:
+            results["solutions"] = [{"params": t.params, "values": t.values} for t in study.best_trials]
+        else:
+            log.info("no trial of study %s has completed (%s)", study.study_name,
+                     ", ".join(f"{n} {k}" for k, n in counts.items()))
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        path = self.sweep_dir / "optimization_results.yaml"
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # other workers may write it too
+        OmegaConf.save(OmegaConf.create(results), tmp)
+        os.replace(tmp, path)
+
+    def _refuse_foreign_folders(self) -> None:
+        """Stop before a trial would write into a folder of another study (numbered trial folders)."""
+        subdir = str(OmegaConf.to_container(self.config.hydra.sweep, resolve=False).get("subdir"))
+        if "hydra.sweeper.trial" not in subdir and "hydra.job.num" not in subdir:
+            return
+        taken = []
+        for hydra_yaml in self.sweep_dir.glob("*/.hydra/hydra.yaml") if self.sweep_dir.is_dir() else []:
+            if not hydra_yaml.parent.parent.name.isdigit():
+                continue
+            sweeper = ((yaml.safe_load(hydra_yaml.read_text()) or {}).get("hydra") or {}).get("sweeper") or {}
+            # an in-memory study restarts its numbers at 0: any trial folder would be overwritten
+            if self.url is None or (sweeper.get("study_name"), sweeper.get("storage")) != (self.study_name, self.url):
+                taken.append(int(hydra_yaml.parent.parent.name))
         if taken:
-            raise ConfigError("hydra.sweep.dir", f"{self.sweep_dir} already holds trial folder(s) {taken} of "
-                              "another study; use a new sweep dir, or the same hydra.sweeper.storage and "
+            raise ConfigError("hydra.sweep.dir", f"{self.sweep_dir} already holds trial folder(s) {sorted(taken)[:10]} "
+                              "of another study; use a new sweep dir, or the same hydra.sweeper.storage and "
                               "study_name to continue that study")
+
+
+def _suggest(trial, name: str, d) -> None:
+    if isinstance(d, CategoricalDistribution):
+        trial.suggest_categorical(name, d.choices)
+    elif isinstance(d, IntDistribution):
+        trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
+    else:
+        trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
+
+
+def _override_value(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    return str(v)
+
+
+def _point_key(point: dict) -> str:
+    return json.dumps({k: point[k] for k in sorted(point)}, default=str)
+
+
+def _cause(e) -> str:
+    """The innermost message of an exception chain (instantiate wraps the constructor's error)."""
+    while getattr(e, "__cause__", None) is not None:
+        e = e.__cause__
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

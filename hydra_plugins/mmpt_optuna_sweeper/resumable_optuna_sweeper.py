@@ -1,25 +1,44 @@
-"""hydra/sweeper=resumable_optuna: hydra-optuna-sweeper's Optuna sweeper whose studies resume cleanly.
+"""hydra/sweeper=resumable_optuna: mmpt's Optuna sweeper (what it does: _impl.py's docstring).
 
 Hydra imports every module under hydra_plugins at each start to find plugins, so this one stays
-light: the Optuna side (mmpt_optuna_sweeper/_impl.py) is imported only when a sweep is built.
+light: Optuna and the sweep loop (_impl.py) are imported only when a sweep is built.
 """
+import sys
 from typing import Any, List
 
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+from mmpt.errors import MMPTError
+
 
 class ResumableOptunaSweeper(Sweeper):
-    """Takes the `optuna` sweeper's keys (hydra.sweeper.*); what it adds: _impl.py's docstring."""
+    """Takes hydra-optuna-sweeper's keys (hydra.sweeper.*) plus pruner, max_trials and heartbeat."""
 
     def __init__(self, **kwargs: Any) -> None:
-        from ._impl import ResumableOptunaSweeperImpl
-
-        self.impl = ResumableOptunaSweeperImpl(**kwargs)
+        self.kwargs = kwargs
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        with _one_line_errors():
+            from ._impl import OptunaSweep
+
+            self.impl = OptunaSweep(**self.kwargs)
+            self.impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> None:
-        return self.impl.sweep(arguments)
+        with _one_line_errors():
+            return self.impl.sweep(arguments)
+
+
+class _one_line_errors:
+    """A bad setting (an MMPTError) is one line on stderr and exit status 2, as in train.py."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb) -> bool:
+        if isinstance(error, MMPTError):
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        return False

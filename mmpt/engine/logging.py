@@ -106,7 +106,9 @@ def run_name(meta) -> str:
     """`<method>-<dataset>-s<seed>`, plus `-t<n>` for the n-th trial of a sweep."""
     name = f"{meta.kind}-{meta.dataset}-s{meta.seed}"
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        name += f"-t{HydraConfig.get().job.num}"
+        hc = HydraConfig.get()  # mmpt's Optuna sweeper names each job's trial (shared studies: not job.num)
+        trial = OmegaConf.select(hc, "sweeper.trial", default=None)
+        name += f"-t{hc.job.num if trial is None else trial}"
     return name
 
 

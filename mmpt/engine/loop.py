@@ -154,8 +154,9 @@ class Trainer:
         else:
             self.p.bad_evals += 1
         self.logger.log("eval", {**scores, "val/best": self.p.best, "epoch": self.p.epoch}, self.p.step)
-        if self.on_eval is not None and self.on_eval(self.p.step, scores):
-            self.p.pruned = True
+        if self.on_eval is not None:  # rank 0 decides, every rank stops with it
+            stop = self.on_eval(self.p.step, scores) if distributed.is_main() else None
+            self.p.pruned = self.p.pruned or bool(distributed.broadcast_object(stop))
         self._save_last()
         return self.p.pruned or (bool(self.t.patience) and self.p.bad_evals >= self.t.patience)
 

@@ -16,7 +16,7 @@ from mmpt.recipes.train import train
 __all__ = ["train", "finetune"]
 
 
-def finetune(cfg, on_eval=None) -> dict:
+def finetune(cfg) -> dict:
     """finetune.py: a library's experts (library=DIR) or a train.py run's skills (pretrained=RUN)."""
     if cfg.get("model") is not None:  # conf/finetune.yaml's `model: null` slot exists only to say so
         source = f"library={cfg.library} (its index.json)" if cfg.get("library") else \
@@ -24,4 +24,4 @@ def finetune(cfg, on_eval=None) -> dict:
         raise ConfigError("model", f"finetune.py takes the backbone from {source}; drop model= (got "
                           f"{backbone_name(cfg.model)}; debug=fast sets it too)")
     recipe = library if cfg.get("library") else transfer
-    return recipe.finetune(cfg, on_eval=on_eval)
+    return recipe.finetune(cfg)

@@ -5,6 +5,7 @@ import logging
 import time
 from pathlib import Path
 
+from mmpt import trial
 from mmpt.data import get_task, load_splits, resolve_data_dir
 from mmpt.data.mixture import MixtureData, apply_format, load_mixture
 from mmpt.data.splits import kshot
@@ -129,15 +130,22 @@ def fit_and_test(cfg, model, data, groups: dict, meta, out: Path, logger, extra:
     metrics.json (with `extra`, e.g. fine-tuning's zero-shot scores). cfg: the command's config
     (its trainer, optimizer and resume settings)."""
     check_eval_mode(model, cfg.trainer)  # before training, not at the first eval
+    main = f"val/{data.task.main_metric}"
+    if on_eval is None:  # in a sweep's trial: report each evaluation to it (None outside one)
+        on_eval = trial.eval_callback(cfg, main, out)
     trainer = Trainer(model, data, groups, meta, cfg.trainer, cfg.optimizer, out, logger,
                       resume=cfg.get("resume", False), configurable=configurable, on_eval=on_eval)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s on %s: %d trainable / %d parameters, %d optimizer steps", meta.kind,
              cfg.dataset.name, n_train, sum(p.numel() for p in model.parameters()), trainer.total)
     progress = trainer.fit()
-    best = checkpoint.load_weights(checkpoint.find(out / "checkpoints" / "best"), model)
-    metrics = final_eval(model, data, cfg.trainer, out, best.get("val_eval"))
-    main = f"val/{data.task.main_metric}"
+    if progress.pruned:  # the sweep's pruner stopped it: the best eval's val scores so far, no test
+        val = checkpoint.read_meta(checkpoint.find(out / "checkpoints" / "best"))["val_eval"]
+        metrics = {f"val/{k}": v for k, v in {**val["metrics"], **val["stats"]}.items()}
+        metrics.update(pruned=True, pruned_step=progress.step)
+    else:
+        best = checkpoint.load_weights(checkpoint.find(out / "checkpoints" / "best"), model)
+        metrics = final_eval(model, data, cfg.trainer, out, best.get("val_eval"))
     metrics.update(**(extra or {}), best_step=progress.best_step, trainable_params=n_train,
                    train_time_s=round(progress.train_time_s, 2), optimized_metric_key=main,
                    total_time_s=round(trainer.elapsed(), 2))  # both summed over resumed parts

@@ -38,7 +38,7 @@ def prepare_library_model(lib, ftype: str, opts, task):
     return model, chosen_groups(model, trains, head)
 
 
-def finetune(cfg, on_eval=None) -> dict:
+def finetune(cfg) -> dict:
     validate_trainer(cfg.trainer)
     if cfg.get("pretrained"):
         raise ConfigError("library", "set pretrained= (a train.py run) or library= (a library), not both")
@@ -59,4 +59,4 @@ def finetune(cfg, on_eval=None) -> dict:
     logger = RunLogger(out, meta, cfg)
     if not groups:
         return evaluate_only(cfg, model, data, out, logger)
-    return fit_and_test(cfg, model, data, groups, meta, out, logger, configurable=GROUP_NAMES, on_eval=on_eval)
+    return fit_and_test(cfg, model, data, groups, meta, out, logger, configurable=GROUP_NAMES)

@@ -12,8 +12,7 @@ from mmpt.recipes.common import fit_and_test, load_data, method_groups
 from mmpt.runs import build_run_model, run_dir
 
 
-def train(cfg, on_eval=None) -> dict:
-    """on_eval(step, val metrics) -> stop?: told every evaluation (a sweep's trial reporting)."""
+def train(cfg) -> dict:
     validate_trainer(cfg.trainer)
     if not isinstance(cfg.get("seed"), int):
         raise ConfigError("seed", f"expected an integer, got {cfg.get('seed')!r}")
@@ -25,5 +24,4 @@ def train(cfg, on_eval=None) -> dict:
         init_from(cfg.init_from, model, cfg.model, tasks_of(cfg.dataset))
     data = load_data(cfg, model.tokenizer, cfg.seed)
     meta = RunMeta(cfg.method.name, backbone_name(cfg.model), cfg.dataset.name, cfg.seed)
-    return fit_and_test(cfg, model, data, method_groups(model), meta, out, RunLogger(out, meta, cfg),
-                        on_eval=on_eval)
+    return fit_and_test(cfg, model, data, method_groups(model), meta, out, RunLogger(out, meta, cfg))

@@ -109,7 +109,7 @@ def prepare_model(run, ftype: str, new_task=None):
     return model, task_id, chosen_groups(model, spec.trains, head)
 
 
-def finetune(cfg, on_eval=None) -> dict:
+def finetune(cfg) -> dict:
     validate_trainer(cfg.trainer)
     FINETUNE_TYPES.get(cfg.get("finetune_type"))
     if not isinstance(cfg.get("seed"), int):
@@ -130,4 +130,4 @@ def finetune(cfg, on_eval=None) -> dict:
                    label=f"finetune_{cfg.finetune_type}")
     # optimizer.groups may set any group's lr: a type uses those of the groups it trains
     return fit_and_test(cfg, model, data, groups, meta, out, RunLogger(out, meta, cfg), extra=extra,
-                        configurable=GROUP_NAMES, on_eval=on_eval)
+                        configurable=GROUP_NAMES)

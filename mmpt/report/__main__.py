@@ -46,6 +46,11 @@ def report(roots: list[Path], out: Path, baseline: str | None) -> str:
     runs, incomplete = collect_all(roots)  # before anything is written: a refused report writes nothing
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# Results in {', '.join(r.as_posix() for r in roots)}", ""]
+    pruned = runs[runs["pruned"]]
+    runs = runs[~runs["pruned"]].copy()  # pruned trials never join finished runs
+    pruned_table = [tables.pruned(pruned), ""] if not pruned.empty else []
+    if runs.empty:
+        return "\n".join(lines + pruned_table + ["No finished runs found.", f"{incomplete} incomplete runs ignored."])
     groups = group(runs)
     if baseline:
         groups = compare(groups, baseline)
@@ -68,15 +73,17 @@ def report(roots: list[Path], out: Path, baseline: str | None) -> str:
     for study, part in groups[groups["study"] != ""].groupby("study"):
         lines += [f"## Search trials: {study}", "", "Each trial's settings are its own row (never averaged "
                   "with other trials); best validation score first.", "", tables.trials(part), ""]
+    lines += pruned_table
     for where, best in [(w if len(roots) == 1 else f"{root.as_posix()}/{w}", b)
-                        for root in roots for w, b in sweep_best(root)]:
+                        for root in roots for w, b in sweep_best(root) if b.get("best_params") is not None]:
         params = ", ".join(f"{k}={v}" for k, v in (best.get("best_params") or {}).items())
         lines.append(f"Sweep `{where}`: best value {best.get('best_value')} at {params}.")
     repeated = [f"{r.label} on {r.task} (seeds {r.seeds})" for r in groups.itertuples()
                 if len(set(r.seeds.split())) < r.n]
     if repeated:  # e.g. one config run twice, or fine-tuned from two equal pre-trainings
         lines.append("Seeds run more than once (their mean is the pair in paired tests): " + "; ".join(repeated) + ".")
-    lines += ["", f"{len(runs)} finished runs; {incomplete} incomplete runs ignored."]
+    lines += ["", f"{len(runs)} finished runs; {incomplete} incomplete runs ignored"
+              + (f"; {pruned['trial'].nunique()} pruned trials listed apart." if not pruned.empty else ".")]
 
     # Figures: the main table's rows; a folder holding only searches shows its trials
     shown = main if not main.empty else groups.assign(label=groups["study"] + ": " + groups["label"])

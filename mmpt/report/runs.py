@@ -22,7 +22,7 @@ from mmpt.config_keys import drop_defaults
 # eval cadence (it decides which checkpoint is "best"), eval batch size and precision - is part of
 # the identity. `mean_over_seeds` only says which seeds ran; each seed_<s>/ run is one seed.
 RUN_CONTROL = ("seed", "mean_over_seeds", "resume", "task_name", "optimized_metric", "paths", "logger",
-               "hydra", "trainer.log_every", "trainer.save_predictions")
+               "hydra", "trainer.log_every", "trainer.save_predictions", "trainer.threads")
 # What a run cost (metrics.json; the keys of mmpt/engine/cost.py, which imports torch: the report does not)
 COST = ("peak_mem_mb", "train_tokens_per_s", "adapter_mb", "backbone_mb")
 
@@ -126,6 +126,9 @@ def collect(root) -> tuple[pd.DataFrame, int]:
             continue
         metrics = json.loads(mfile.read_text())
         seed = re.fullmatch(r"seed_(\d+)", run.name)
+        # a pruned trial (its own metrics.json, or a mean_over_seeds trial's: the seeds it finished)
+        trial_metrics = json.loads((run.parent / "metrics.json").read_text()) if seed and (
+            run.parent / "metrics.json").exists() else metrics
         key = test_key(metrics)
         runtime = (hydra.get("hydra") or {}).get("runtime") or {}
         cwd = runtime.get("cwd") or "."
@@ -142,6 +145,8 @@ def collect(root) -> tuple[pd.DataFrame, int]:
             "choices": {k: v for k, v in choices.items() if "/" not in k},
             "study": _study(hydra, run, root), "curve": str(run / "metrics.jsonl"),
             "val_key": metrics.get("optimized_metric_key"),
+            "pruned": trial_metrics.get("pruned") is True, "pruned_step": trial_metrics.get("pruned_step"),
+            "trial": (run.parent if seed else run).relative_to(root).as_posix() or ".",
         })
     return pd.DataFrame(rows), incomplete
 

@@ -94,3 +94,16 @@ def cost(groups: pd.DataFrame) -> str:
         cells = ["-" if pd.isna(r[k]) else f"{r[k]:,.1f}" if r[k] >= 10 else f"{r[k]:.3g}" for k in COST]
         lines.append(f"| {r['label']} | {r['task']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def pruned(runs: pd.DataFrame) -> str:
+    """Trials a sweep's pruner stopped: listed apart, never averaged with finished runs. A
+    mean_over_seeds trial's val is the mean of the seeds it finished (its step counts them)."""
+    lines = ["## Pruned trials", "", "Stopped by the sweep's pruner at the step shown (for mean_over_seeds "
+             "trials: the number of seeds finished); their scores are not in any table above or below.", "",
+             "| trial | study | task | pruned at step | best val before (x100) |", "|---|---|---|---|---|"]
+    for trial, g in runs.groupby("trial", sort=True):
+        val = g["val"].astype(float).mean() * 100
+        lines.append(f"| {trial} | {g['study'].iloc[0] or '-'} | {g['task'].iloc[0]} ({g['val_key'].iloc[0]}) "
+                     f"| {int(g['pruned_step'].iloc[0])} | {val:.1f} |")
+    return "\n".join(lines)

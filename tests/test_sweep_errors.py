@@ -1,0 +1,75 @@
+"""Bad sweep settings: one line on stderr naming the key, exit status 2, before any trial starts
+(no study created, no trial folder written). Mostly on the toy app (tests/sweep_toy), whose sweeper
+is train.py's; one case through train.py itself."""
+import socket
+import time
+
+import optuna
+import pytest
+
+from sweep_toy import run
+from test_report_sweep import multirun
+
+
+def one_line_error(proc, key: str) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stdout[-1500:] + proc.stderr[-1500:]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and f"`{key}`" in lines[0], proc.stderr[-1500:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("override,key,words", [
+    ("hydra.sweeper.n_jobs=0", "hydra.sweeper.n_jobs", "integer >= 1"),
+    ("hydra.sweeper.pruner._target_=optuna.pruners.NoSuchPruner", "hydra.sweeper.pruner", "NoSuchPruner"),
+    ("hydra.sweeper.pruner._target_=optuna.samplers.RandomSampler", "hydra.sweeper.pruner._target_", "not an Optuna pruner"),
+    ("hydra.sweeper.storage=journal:////no/such/dir/study.log", "hydra.sweeper.storage", "/no/such/dir does not exist"),
+    ("hydra.sweeper.storage=sqlite:////no/such/dir/study.db", "hydra.sweeper.storage", "/no/such/dir does not exist"),
+    ("hydra.sweeper.storage=journal://relative.log", "hydra.sweeper.storage", "journal:///"),
+    ("hydra.sweeper.max_trials=0", "hydra.sweeper.max_trials", "integer >= 1"),
+    ("hydra.sweeper.direction=up", "hydra.sweeper.direction", "minimize, maximize"),
+])
+def test_bad_settings_fail_in_one_line_before_any_trial(tmp_path, override, key, words):
+    proc = run(override, f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert words in one_line_error(proc, key)
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_pruner_that_cannot_reach_an_in_memory_study_from_other_processes_is_refused(tmp_path):
+    proc = run("hydra/sweeper/pruner=median", "hydra/launcher=joblib", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert "cannot reach an in-memory study" in one_line_error(proc, "hydra.sweeper.pruner")
+    assert not (tmp_path / "sweep").exists()
+    # the same pruner with a storage the jobs can open runs
+    ok = run("hydra/sweeper/pruner=median", "hydra/launcher=joblib", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
+             f"hydra.sweeper.storage=sqlite:///{tmp_path / 's.db'}", f"hydra.sweep.dir={tmp_path / 'ok'}")
+    assert ok.returncode == 0, ok.stdout[-1500:]
+
+
+def test_a_database_that_does_not_answer_is_a_timeout_with_the_password_masked(tmp_path):
+    """A server that accepts the connection and then says nothing: the connect timeout (10 s) ends it."""
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(8)
+        port = mute.getsockname()[1]
+        start = time.time()
+        proc = run(f"hydra.sweeper.storage=postgresql://mmpt:hunter2@127.0.0.1:{port}/mmpt",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", timeout=120)
+        took = time.time() - start
+    line = one_line_error(proc, "hydra.sweeper.storage")
+    assert "cannot be reached" in line and "mmpt:***@127.0.0.1" in line and "hunter2" not in proc.stdout + proc.stderr
+    assert took < 60  # bounded by the connect timeout, not a hang
+    # nothing listening at all: refused at once
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    refused = run(f"hydra.sweeper.storage=postgresql://mmpt@127.0.0.1:{closed}/mmpt", f"hydra.sweep.dir={tmp_path / 's2'}")
+    assert "cannot be reached" in one_line_error(refused, "hydra.sweeper.storage")
+
+
+def test_train_py_refuses_bad_sweep_settings_in_one_line(tmp_path):
+    proc = multirun("train.py", "model=t5_tiny", "method=lora", "dataset=cb", "hparams_search=lora",
+                    "hydra/sweeper/pruner=hyperband", "optimized_metric=test/acc",
+                    f"hydra.sweeper.storage=sqlite:///{tmp_path / 's.db'}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert "val metric" in one_line_error(proc, "optimized_metric")
+    assert not (tmp_path / "sweep").exists()
+    assert optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 's.db'}") == []  # nothing asked
