@@ -15,7 +15,7 @@ import pytest
 from conftest import compose_cfg
 from test_report import cfg as run_cfg, fake_run
 from test_report_sweep import multirun
-from mmpt.experiment import train
+from mmpt.recipes import train
 from mmpt.report.__main__ import main as report_main
 
 
@@ -26,7 +26,7 @@ def test_on_eval_stops_training_at_the_evaluation_that_says_so(tmp_path, monkeyp
         seen.append((step, sorted(metrics)))
         return step == 4
 
-    monkeypatch.setattr("mmpt.experiment.trial.eval_callback", lambda cfg, key, out: on_eval)
+    monkeypatch.setattr("mmpt.recipes.common.trial.eval_callback", lambda cfg, key, out: on_eval)
     cfg = compose_cfg(["model=t5_tiny", "method=lora", "dataset=cb", "trainer.max_steps=20", "trainer.eval_every=2",
                        "trainer.log_every=1", "dataset.max_length=32"], run_dir=tmp_path)
     metrics = train(cfg)
