@@ -4,9 +4,12 @@
 
 Thin Hydra wrapper around mmpt.recipes.finetune; returns the optimized metric to sweepers.
 """
+from pathlib import Path
+import sys
+
 import hydra
 
-from mmpt.cli import main_wrapper
+from mmpt.cli import main_wrapper, refuse_unknown_options
 
 
 @hydra.main(config_path="conf", config_name="finetune", version_base="1.3")
@@ -17,4 +20,6 @@ def main(cfg):
 
 
 if __name__ == "__main__":
+    here = Path(__file__).parent  # conf/ and the finetune-only presets of conf/finetune.yaml's searchpath
+    refuse_unknown_options([here / "conf", here / "mmpt" / "conf_finetune"], sys.argv[1:])
     main()

@@ -2,9 +2,12 @@
 
 Thin Hydra wrapper around mmpt.recipes.train; returns the optimized metric to sweepers.
 """
+from pathlib import Path
+import sys
+
 import hydra
 
-from mmpt.cli import main_wrapper
+from mmpt.cli import main_wrapper, refuse_unknown_options
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
@@ -15,4 +18,5 @@ def main(cfg):
 
 
 if __name__ == "__main__":
+    refuse_unknown_options([Path(__file__).parent / "conf"], sys.argv[1:])
     main()

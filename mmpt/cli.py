@@ -6,6 +6,7 @@ import math
 import os
 import statistics
 import sys
+from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -74,6 +75,31 @@ def main_wrapper(fn, cfg):
     if key not in metrics and not metrics.get("pruned"):
         raise ConfigError("optimized_metric", f"{key!r} is not among the run's metrics {sorted(metrics)[:10]}")
     return trial.outcome(metrics, key)  # the metric, or Pruned(step) for the sweeper
+
+
+def refuse_unknown_options(conf_dirs: list[Path], argv: list[str]) -> None:
+    """Refuse `group=option` overrides naming no option of one of the config dirs' groups, in one line.
+
+    Hydra's own refusal is a dozen lines (search path included). Checked: the leaf groups of the
+    dirs (method, dataset, ..., hydra/sweeper/pruner), whose options are all files there; not the
+    groups Hydra and its plugins fill (hydra/launcher, hydra/sweeper), and nothing when the
+    command adds a config dir. Sweep values (`method=lora,prefix`) are checked one by one.
+    """
+    if any(a.startswith(("--config-dir", "-cd", "hydra.searchpath")) for a in argv):
+        return
+    for arg in argv:
+        key, eq, value = arg.lstrip("+").partition("=")
+        groups = [d / key for d in conf_dirs if (d / key).is_dir()] if eq and "." not in key else []
+        if not groups or arg.startswith("~") or any(p.is_dir() for g in groups for p in g.iterdir()):
+            continue
+        if any(c in value for c in "()[]{}$") or value in ("", "null"):
+            continue  # a sweep function, an interpolation or an emptied slot: Hydra's to judge
+        options = sorted({p.stem for g in groups for p in g.glob("*.yaml")})
+        for option in (o.strip() for o in value.split(",")):
+            if option not in options:
+                err = ConfigError(key, f"no option {option!r} (expected one of: {', '.join(options)})")
+                print(f"error: {err}", file=sys.stderr)
+                sys.exit(2)
 
 
 def run_threads(cfg) -> tuple[int | None, int, int]:

@@ -7,6 +7,7 @@ import time
 import optuna
 import pytest
 
+from conftest import ROOT
 from sweep_toy import run
 from test_report_sweep import multirun
 
@@ -73,3 +74,31 @@ def test_train_py_refuses_bad_sweep_settings_in_one_line(tmp_path):
     assert "val metric" in one_line_error(proc, "optimized_metric")
     assert not (tmp_path / "sweep").exists()
     assert optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 's.db'}") == []  # nothing asked
+
+
+@pytest.mark.parametrize("script, override, key", [
+    ("train.py", "hydra/sweeper/pruner=nosuch", "hydra/sweeper/pruner"),
+    ("train.py", "method=lora,nosuch", "method"),  # each value of a sweep over a group
+    ("finetune.py", "hydra/sweeper/sampler=nosuch", "hydra/sweeper/sampler"),
+])
+def test_an_unknown_group_option_is_one_line_naming_the_group_and_its_options(tmp_path, script, override, key):
+    proc = multirun(script, "model=t5_tiny", "dataset=cb", "hparams_search=lora", override,
+                    f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    line = one_line_error(proc, key)
+    assert "no option 'nosuch' (expected one of: " in line and "Could not" not in proc.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_known_options_sweep_values_and_extra_config_dirs_pass_the_option_check(tmp_path):
+    from mmpt.cli import refuse_unknown_options
+    conf = [ROOT / "conf"]
+    refuse_unknown_options(conf, ["method=lora,prefix", "hydra/sweeper/pruner=hyperband", "+experiment=mmpt_rte",
+                                  "dataset=choice(rte,cb)", "hydra/launcher=joblib", "trainer.max_steps=3", "~logger"])
+    refuse_unknown_options(conf, ["--config-dir", str(tmp_path), "method=mine"])  # options may live in that dir
+    with pytest.raises(SystemExit) as e:
+        refuse_unknown_options(conf, ["method=lora", "dataset=nosuch"])
+    assert e.value.code == 2
+    finetune_conf = [ROOT / "conf", ROOT / "mmpt" / "conf_finetune"]  # finetune.py's presets are options there
+    refuse_unknown_options(finetune_conf, ["hparams_search=mttl_finetune"])
+    with pytest.raises(SystemExit):
+        refuse_unknown_options(conf, ["hparams_search=mttl_finetune"])
