@@ -164,6 +164,31 @@ class TorchrunRunDir(Callback):
                 _console_warnings_only(config.hydra.job_logging)
 
 
+    def on_run_end(self, config: DictConfig, **kwargs) -> None:
+        distributed.leave()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        """A sweep under torchrun (`torchrun ... train.py -m`): its trials run in all processes
+        (mmpt's sweeper: rank 0 asks and tells, the others follow), in rank 0's sweep dir, which
+        every trial's config takes through the sweep's Hydra overrides."""
+        if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+            return
+        distributed.init()
+        HydraConfig.instance().set_config(config)
+        sweep_dir = distributed.broadcast_object(str(config.hydra.sweep.dir))
+        quoted = sweep_dir.replace("\\", "\\\\").replace("'", "\\'")
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.sweep.dir = sweep_dir
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{quoted}'")
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        if distributed.active() and not distributed.is_main():  # a sweep's trial on rank > 0: warnings only
+            logging.getLogger().setLevel(logging.WARNING)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        distributed.leave()
+
+
 def _console_warnings_only(job_logging: DictConfig | None) -> None:
     """Drop the file handlers of a logging dictConfig and raise the root level to WARNING."""
     if not job_logging:

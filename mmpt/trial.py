@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmpt.engine import distributed
 from mmpt.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -215,9 +216,13 @@ def _is_trial_run(run_dir) -> bool:
 def eval_callback(cfg, main_key: str, run_dir):
     """The Trainer's on_eval for this run: report the optimized val metric to the trial at each
     evaluation, True to stop; None outside a trial."""
-    reporter = current()
-    if reporter is None or not _is_trial_run(run_dir):
+    # under torchrun rank 0 reports and decides (the Trainer hands its answer to every rank); the
+    # others need a hook all the same, so that every rank takes part in that hand-over
+    reporter = current() if distributed.is_main() else None
+    if not distributed.broadcast_object(reporter is not None and _is_trial_run(run_dir)):
         return None
+    if reporter is None:
+        return lambda step, metrics: False
     key = cfg.get("optimized_metric") or main_key
 
     def on_eval(step: int, metrics: dict) -> bool:
@@ -229,11 +234,10 @@ def eval_callback(cfg, main_key: str, run_dir):
 def report_seeds(runs: list[dict], key: str) -> bool:
     """After each seed of a mean_over_seeds trial: report the mean of the finished seeds at step
     len(runs); True to stop before the next seed."""
-    reporter = current()
+    reporter = current() if distributed.is_main() else None  # torchrun: rank 0 decides for all
     values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
-    if reporter is None or len(values) != len(runs):
-        return False
-    return reporter.report(len(runs), sum(values) / len(values))
+    stop = reporter is not None and len(values) == len(runs) and reporter.report(len(runs), sum(values) / len(values))
+    return bool(distributed.broadcast_object(stop))
 
 
 def outcome(metrics: dict, key: str):

@@ -19,6 +19,9 @@ What it does beyond a plain ask-launch-tell loop:
   Optuna's RetryHeartbeatStaleTrialCallback (`heartbeat.max_retry` times).
 - **Pruning.** `pruner` is an Optuna pruner. Each job reports to its trial (mmpt/trial.py) and
   returns `Pruned` when the pruner stops it; the trial is then told PRUNED.
+- **torchrun.** `torchrun ... train.py -m` runs each trial in all the processes (DDP or FSDP):
+  rank 0 is the worker (storage, ask, tell, heartbeats), the other ranks run the trials it sends
+  them. Their jobs run in the sweep's processes, so only the basic launcher goes with it.
 Bad settings fail in one line naming the key, before any trial is asked.
 """
 import contextlib
@@ -42,6 +45,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from mmpt import trial as job_side
+from mmpt.engine import distributed
 from mmpt.errors import ConfigError
 
 from . import search_space
@@ -155,6 +159,8 @@ class OptunaSweep:
         pruner = self._pruner()
         self._check_pruning(pruner, directions)
         self._sampler(0)  # a bad sampler fails here, before any trial
+        if self._follower():  # torchrun rank > 0: rank 0 opens the study and hands out the trials
+            return self._follow()
         storage = job_side.open_storage(self.url)
         self._refuse_foreign_folders()
         study, created = self._open_study(storage, directions, pruner)
@@ -177,6 +183,7 @@ class OptunaSweep:
             if not batch:
                 break
             overrides = [self._overrides(t, fixed, study.study_name) for t in batch]
+            distributed.broadcast_object((overrides, batch[0].number))  # torchrun: the other ranks run it too
             try:
                 with self._heartbeat([t._trial_id for t in batch], storage):
                     returns = self.launcher.launch(overrides, initial_job_idx=batch[0].number)
@@ -186,7 +193,28 @@ class OptunaSweep:
                 raise
             self._tell(study, batch, returns, len(directions))
             ran += len(batch)
+        distributed.broadcast_object(None)  # torchrun: the other ranks are done
         self._write_results(study, len(directions))
+
+    def _follower(self) -> bool:
+        """Whether this process is a rank > 0 of a torchrun sweep (refusing launchers that would
+        start the trials outside the process group)."""
+        if not distributed.active():
+            return False
+        launcher = str(self.config.hydra.launcher.get("_target_"))
+        if launcher not in IN_PROCESS_LAUNCHERS:
+            raise ConfigError("hydra.launcher", f"under torchrun each trial runs in the sweep's own processes; "
+                              f"{launcher} would start it elsewhere: use the default (basic) launcher")
+        return not distributed.is_main()
+
+    def _follow(self) -> None:
+        """Run each batch rank 0 sends, until it sends None; rank 0 tells the study the results.
+        Hydra's launch lines are rank 0's to print (ranks > 0 print warnings and errors only)."""
+        logging.getLogger("hydra._internal.core_plugins.basic_launcher").addFilter(
+            lambda record: record.levelno >= logging.WARNING)
+        while (sent := distributed.broadcast_object(None)) is not None:
+            overrides, first = sent
+            self.launcher.launch(overrides, initial_job_idx=first)
 
     def _open_study(self, storage, directions, pruner):
         """(the study, whether this worker created it): several workers may race to create it."""

@@ -46,13 +46,20 @@ def session():
     """The process group for the duration of a run; left when the run ends (however it ends).
 
     It may already be joined: under torchrun the run-dir callback (mmpt.cli.TorchrunRunDir) joins
-    it before Hydra makes the run dir."""
+    it before Hydra makes the run dir, and a sweep's processes keep it from trial to trial; who
+    joined it leaves it."""
+    joined = not active()
     init()
     try:
         yield
     finally:
-        if active():
-            dist.destroy_process_group()
+        if joined:
+            leave()
+
+
+def leave() -> None:
+    if active():
+        dist.destroy_process_group()
 
 
 def shard(batch: dict, r: int | None = None, n: int | None = None) -> dict:
