@@ -12,7 +12,7 @@ For each search: the training steps actually taken (from each trial's metrics.js
 trials completed / pruned, and the best val accuracy of a completed trial. The seed-to-seed noise
 of that best val is the std over 3 training seeds of the unpruned search's best setting.
 
-    python bench/sweep.py                       # MiniLM, about 35 minutes on an idle 2-core machine
+    python bench/sweep.py                       # MiniLM, about 12 minutes on an idle 2-core machine
     python bench/sweep.py --model t5_tiny       # the plumbing only (random weights: val is noise)
     python bench/sweep.py --part threads        # only the threads table (a few minutes)
 """
@@ -107,7 +107,7 @@ def main() -> None:
     ap.add_argument("--model", choices=sorted(MODELS), default="minilm")
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--steps", type=int, default=40, help="training steps of a trial that is not pruned")
-    ap.add_argument("--eval-every", type=int, default=10, help="steps between evaluations (= pruning reports)")
+    ap.add_argument("--eval-every", type=int, default=5, help="steps between evaluations (= pruning reports, rungs)")
     ap.add_argument("--out", type=Path, default=ROOT / "multirun" / "bench_sweep")
     ap.add_argument("--part", choices=["search", "threads", "all"], default="all")
     args = ap.parse_args()
