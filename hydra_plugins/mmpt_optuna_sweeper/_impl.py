@@ -16,7 +16,7 @@ What it does beyond a plain ask-launch-tell loop:
 - **Heartbeats.** While its jobs run, a worker stamps its RUNNING trials every
   `heartbeat.interval` seconds. A RUNNING trial not stamped for `heartbeat.grace_period` seconds
   (a killed worker's) is failed by the next worker that starts a batch, and queued again with
-  Optuna's RetryHeartbeatStaleTrialCallback (`heartbeat.max_retry` times).
+  Optuna's RetryHeartbeatStaleTrialCallback (`heartbeat.max_retry` times); heartbeat.py.
 - **Pruning.** `pruner` is an Optuna pruner. Each job reports to its trial (mmpt/trial.py) and
   returns `Pruned` when the pruner stops it; the trial is then told PRUNED.
 - **torchrun.** `torchrun ... train.py -m` runs each trial in all the processes (DDP or FSDP):
@@ -28,7 +28,6 @@ import contextlib
 import json
 import logging
 import os
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -48,11 +47,10 @@ from mmpt import trial as job_side
 from mmpt.engine import distributed
 from mmpt.errors import ConfigError
 
-from . import search_space
+from . import heartbeat, search_space
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT = "mmpt:heartbeat"      # trial system attr: when a worker last stamped the running trial
 GRID = "mmpt:grid"                # study system attr: the grid points queued in the study (JSON)
 OVER_CAP = "mmpt:over_max_trials"  # trial system attr: asked past max_trials by a racing worker, not run
 GRID_WAIT_S = 60                  # how long a worker waits for the creator to queue a new grid
@@ -305,54 +303,16 @@ class OptunaSweep:
             hydra.append(f"hydra.sweeper.study_name={study_name}")
         return [f"{name}={_override_value(v)}" for name, v in values.items()] + hydra
 
-    @contextlib.contextmanager
     def _heartbeat(self, trial_ids: list[int], storage):
-        if self.beat_every is None or self.url is None:  # in memory: no other worker to notice
-            yield
-            return
-        stop = threading.Event()
-
-        def beat():
-            while True:
-                for tid in trial_ids:
-                    try:
-                        storage.set_trial_system_attr(tid, HEARTBEAT, time.time())
-                    except UpdateFinishedTrialError:
-                        pass
-                    except Exception as e:  # a storage hiccup: the next beat tries again
-                        log.warning("heartbeat of trial id %d failed: %s", tid, str(e).splitlines()[0][:200])
-                if stop.wait(self.beat_every):
-                    return
-
-        thread = threading.Thread(target=beat, name="mmpt-heartbeat", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
+        """Stamps this worker's running trials while its jobs run (none for an in-memory study:
+        no other worker could notice)."""
+        every = None if self.url is None else self.beat_every
+        return heartbeat.beating(storage, trial_ids, every)
 
     def _fail_stale(self, study) -> int:
-        """Fail RUNNING trials whose worker stopped stamping them (killed); queue them again."""
         if self.beat_every is None or self.url is None:
             return 0
-        storage, now, failed = study._storage, time.time(), 0
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry) if self.max_retry else None
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            started = t.datetime_start.timestamp() if t.datetime_start else 0.0
-            if now - max(t.system_attrs.get(HEARTBEAT, 0.0), started) <= self.grace:
-                continue
-            try:
-                if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-                    continue
-            except UpdateFinishedTrialError:
-                continue  # another worker failed it first
-            failed += 1
-            log.warning("trial %d: no heartbeat for over %d s (its worker was killed): marked FAIL%s", t.number,
-                        self.grace, ", queued again" if retry else "")
-            if retry is not None:
-                retry(study, storage.get_trial(t._trial_id))
-        return failed
+        return heartbeat.fail_stale(study, self.grace, self.max_retry)
 
     def _tell(self, study, batch, returns, n_objectives: int) -> None:
         failures = []
