@@ -1,0 +1,106 @@
+"""Every command in README.md and the docs pages works: it composes (or its tool parses it), and the
+ones that can run offline run for real on a tiny backbone (tests/docs_commands.py says how)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from docs_commands import ROOT, Command, check, collect, collect_text, run_argv
+
+COMMANDS = collect()
+
+
+def unique(commands):
+    """One command per distinct text (pages repeat a few)."""
+    seen = {}
+    for c in commands:
+        seen.setdefault((c.text, c.needs is None), c)
+    return list(seen.values())
+
+
+def test_the_collector_finds_commands_markers_and_continuations():
+    page = """
+    python train.py model=t5_tiny method=lora dataset=cb   # offline
+Prose that ends the block.
+<!-- needs: hub -->
+
+    python train.py method=prefix dataset=rte \\
+        trainer.max_steps=5
+    OMP_NUM_THREADS=1 python -m mmpt.report multirun/
+    python finetune.py pretrained=<run dir> dataset=rte     # needs: runs
+
+```bash
+python -m mmpt.export runs/x --format peft --out y
+```
+Text mentioning `python train.py method=lora` inline is not a command.
+"""
+    cmds = collect_text("page.md", page)
+    assert [(c.line, c.script, c.needs) for c in cmds] == [
+        (2, "train", None), (6, "train", "hub"), (8, "mmpt.report", "hub"), (9, "finetune", "runs"),
+        (12, "mmpt.export", None)]
+    assert cmds[1].argv == ["method=prefix", "dataset=rte", "trainer.max_steps=5"]
+    assert cmds[3].argv == ["pretrained=PLACEHOLDER", "dataset=rte"]
+
+
+def test_every_page_with_commands_is_collected():
+    pages = {c.page for c in COMMANDS}
+    for page in ("README.md", "docs/get-started.md", "docs/sweeps.md", "docs/methods/mttl.md",
+                 "docs/libraries.md", "docs/export.md"):
+        assert page in pages, page
+    assert len(COMMANDS) > 60
+    assert sum(c.needs is None for c in COMMANDS) > 40  # most lines run for real
+
+
+@pytest.mark.parametrize("cmd", unique(COMMANDS), ids=lambda c: c.where)
+def test_command_composes_or_parses(cmd):
+    cfg = check(cmd)
+    if cfg is not None:
+        assert cfg.dataset.name
+
+
+@pytest.mark.parametrize("text", [
+    "python train.py model=t5_tiny method=lora dataset=cb trainer.max_stepz=1",      # misspelled key
+    "python train.py model=t5_tiny method=lora dataset=cb method.rnak=4",            # misspelled method key
+    "python train.py model=t5_tiny method=lorra dataset=cb",                          # no such option
+    "python finetune.py pretrained=runs/pre dataset=rte finetune_typo=Poly",
+    "python -m mmpt.report multirun/ --baseline",                                    # flag without its value
+    "python -m mmpt.library biuld --out libs/x runs/a",                              # no such subcommand
+    "python -m mmpt.nosuchtool x",
+])
+def test_a_broken_command_is_caught(text):
+    cmd = collect_text("page.md", f"    {text}\n")[0]
+    with pytest.raises(Exception):
+        check(cmd)
+
+
+@pytest.fixture(scope="module")
+def real_runs(tmp_path_factory):
+    """Runs every unmarked command of every page, page by page, in one process."""
+    out = tmp_path_factory.mktemp("docs_runs")
+    plan = {}
+    for cmd in COMMANDS:
+        if cmd.needs is None:
+            argv = run_argv(cmd, check(cmd))
+            plan.setdefault(cmd.page, []).append({"where": cmd.where, "script": cmd.script, "argv": argv})
+    (out / "plan.json").write_text(json.dumps([{"page": p, "commands": c} for p, c in plan.items()]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "docs_runner.py"), str(out / "plan.json"), str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    log = proc.stdout + proc.stderr
+    assert (out / "results.json").exists(), log[-3000:]
+    return json.loads((out / "results.json").read_text()), log
+
+
+def log_of(log: str, where: str) -> str:
+    start = log.find(f"### {where}:")
+    end = log.find("\n### ", log.find("\n", start + 1) + 1)
+    return log[start:end if end > 0 else None][-3000:]
+
+
+@pytest.mark.parametrize("cmd", [c for c in COMMANDS if c.needs is None], ids=lambda c: c.where)
+def test_offline_command_runs(cmd, real_runs):
+    results, log = real_runs
+    r = results[cmd.where]
+    assert r["code"] == 0 and r["missing"] is None, f"{cmd.text}\n{r}\n{log_of(log, cmd.where)}"
