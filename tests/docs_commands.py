@@ -182,7 +182,7 @@ def run_argv(cmd: Command, cfg) -> list[str]:
     """The command as a test runs it for real: a tiny backbone (`model=t5_tiny`, or a tiny BERT in
     place of MiniLM), one optimizer step, one Optuna trial, small mixture evaluations, run dirs
     in the page's scratch folder; a grid at its first point unless later commands read its sweep
-    dir. Keys the command sets itself are kept."""
+    dir. Other keys the command sets are kept."""
     if cmd.script not in ("train", "finetune"):
         return list(cmd.argv)
     over = cmd.overrides()
@@ -195,11 +195,14 @@ def run_argv(cmd: Command, cfg) -> list[str]:
         if build not in TINY:
             over = [o for o in over if not o.startswith(("model=", "model.name_or_path="))]
             extra += ["model=local", "model.name_or_path=TINY_BERT"] if build == "minilm" else ["model=t5_tiny"]
-    if "trainer.max_steps" not in keys:
+    # one optimizer step (an evaluate-only `trainer.max_steps=0` stays), one Optuna trial
+    over = [o for o in over if not o.startswith(("trainer.max_steps=", "hydra.sweeper.n_trials="))
+            or o == "trainer.max_steps=0"]
+    if "trainer.max_steps=0" not in over:
         extra.append("trainer.max_steps=1")
     if "max_eval_per_task" in cfg.dataset and "dataset.max_eval_per_task" not in keys:
         extra.append("dataset.max_eval_per_task=16")
-    if cmd.multirun and "n_trials" in cfg.hydra.sweeper and "hydra.sweeper.n_trials" not in keys:
+    if cmd.multirun and "n_trials" in cfg.hydra.sweeper:
         extra.append("hydra.sweeper.n_trials=1")
     if not cmd.multirun and "hydra.run.dir" not in keys:
         extra.append(f"hydra.run.dir=runs/_line{cmd.line}")
@@ -207,8 +210,3 @@ def run_argv(cmd: Command, cfg) -> list[str]:
         extra.append(f"hydra.sweep.dir=multirun/_line{cmd.line}")
     return (["-m"] if cmd.multirun else []) + over + extra
 
-
-def output_dir(argv: list[str]) -> str | None:
-    """Where a train.py / finetune.py run (or sweep) writes, as its overrides say."""
-    key = "hydra.sweep.dir=" if "-m" in argv else "hydra.run.dir="
-    return next((a.split("=", 1)[1] for a in reversed(argv) if a.startswith(key)), None)

@@ -53,6 +53,13 @@ def test_every_page_with_commands_is_collected():
     assert sum(c.needs is None for c in COMMANDS) > 40  # most lines run for real
 
 
+def test_readme_commands_are_in_the_site():
+    """README holds nothing the site does not: its commands are the pages' (so they run there)."""
+    site = {c.text for c in COMMANDS if c.page != "README.md"}
+    readme = [c for c in COMMANDS if c.page == "README.md"]
+    assert readme and [c.text for c in readme if c.text not in site] == []
+
+
 @pytest.mark.parametrize("cmd", unique(COMMANDS), ids=lambda c: c.where)
 def test_command_composes_or_parses(cmd):
     cfg = check(cmd)
@@ -81,7 +88,7 @@ def real_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("docs_runs")
     plan = {}
     for cmd in COMMANDS:
-        if cmd.needs is None:
+        if cmd.needs is None and cmd.page != "README.md":  # README's lines run on their pages
             argv = run_argv(cmd, check(cmd))
             plan.setdefault(cmd.page, []).append({"where": cmd.where, "script": cmd.script, "argv": argv})
     (out / "plan.json").write_text(json.dumps([{"page": p, "commands": c} for p, c in plan.items()]))
@@ -94,12 +101,14 @@ def real_runs(tmp_path_factory):
 
 
 def log_of(log: str, where: str) -> str:
-    start = log.find(f"### {where}:")
-    end = log.find("\n### ", log.find("\n", start + 1) + 1)
+    """The runner's output of one command (between its two ### lines)."""
+    start = log.find(f"### {where}: ")
+    end = log.find(f"### {where}: exit", start)
     return log[start:end if end > 0 else None][-3000:]
 
 
-@pytest.mark.parametrize("cmd", [c for c in COMMANDS if c.needs is None], ids=lambda c: c.where)
+@pytest.mark.parametrize("cmd", [c for c in COMMANDS if c.needs is None and c.page != "README.md"],
+                         ids=lambda c: c.where)
 def test_offline_command_runs(cmd, real_runs):
     results, log = real_runs
     r = results[cmd.where]
