@@ -180,7 +180,7 @@ def check(cmd: Command):
 
 def run_argv(cmd: Command, cfg) -> list[str]:
     """The command as a test runs it for real: a tiny backbone (`model=t5_tiny`, or a tiny BERT in
-    place of MiniLM), one optimizer step, one Optuna trial, small mixture evaluations, run dirs
+    place of MiniLM), one optimizer step, one Optuna trial, one joblib worker, small mixture evaluations, run dirs
     in the page's scratch folder; a grid at its first point unless later commands read its sweep
     dir. Other keys the command sets are kept."""
     if cmd.script not in ("train", "finetune"):
@@ -204,6 +204,8 @@ def run_argv(cmd: Command, cfg) -> list[str]:
         extra.append("dataset.max_eval_per_task=16")
     if cmd.multirun and "n_trials" in cfg.hydra.sweeper:
         extra.append("hydra.sweeper.n_trials=1")
+    if "hydra.launcher.n_jobs" in keys:  # joblib runs one job in-process (starting workers costs ~60 s)
+        over = [o for o in over if not o.startswith("hydra.launcher.n_jobs=")] + ["hydra.launcher.n_jobs=1"]
     if not cmd.multirun and "hydra.run.dir" not in keys:
         extra.append(f"hydra.run.dir=runs/_line{cmd.line}")
     if cmd.multirun and "hydra.sweep.dir" not in keys:

@@ -89,7 +89,10 @@ def real_runs(tmp_path_factory):
     plan = {}
     for cmd in COMMANDS:
         if cmd.needs is None and cmd.page != "README.md":  # README's lines run on their pages
-            argv = run_argv(cmd, check(cmd))
+            try:
+                argv = run_argv(cmd, check(cmd))
+            except Exception:  # noqa: BLE001 - test_command_composes_or_parses shows why
+                continue
             plan.setdefault(cmd.page, []).append({"where": cmd.where, "script": cmd.script, "argv": argv})
     (out / "plan.json").write_text(json.dumps([{"page": p, "commands": c} for p, c in plan.items()]))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -111,5 +114,6 @@ def log_of(log: str, where: str) -> str:
                          ids=lambda c: c.where)
 def test_offline_command_runs(cmd, real_runs):
     results, log = real_runs
+    assert cmd.where in results, f"{cmd.where}: {cmd.text!r} does not compose, so it did not run"
     r = results[cmd.where]
     assert r["code"] == 0 and r["missing"] is None, f"{cmd.text}\n{r}\n{log_of(log, cmd.where)}"
