@@ -117,3 +117,35 @@ def test_offline_command_runs(cmd, real_runs):
     assert cmd.where in results, f"{cmd.where}: {cmd.text!r} does not compose, so it did not run"
     r = results[cmd.where]
     assert r["code"] == 0 and r["missing"] is None, f"{cmd.text}\n{r}\n{log_of(log, cmd.where)}"
+
+
+def test_a_real_run_is_made_small_and_offline():
+    """What run_argv adds: a tiny backbone for a hub one, one step and one trial even where the page
+    says more, a grid at its first point, a run dir of its own; what the page sets itself stays."""
+    sweep, grid, encoder = collect_text("page.md", """
+    python train.py -m hparams_search=lora method=lora dataset=rte hydra.sweeper.n_trials=30 trainer.max_steps=200
+    python train.py -m method=lora,prefix dataset=rte,cb seed=0,1,2
+    python train.py experiment=minilm_glue method=lora dataset=rte hydra.run.dir=runs/x
+""")
+    assert run_argv(sweep, check(sweep)) == [
+        "-m", "hparams_search=lora", "method=lora", "dataset=rte", "model=t5_tiny", "trainer.max_steps=1",
+        "hydra.sweeper.n_trials=1", f"hydra.sweep.dir=multirun/_line{sweep.line}"]
+    assert run_argv(grid, check(grid))[:4] == ["-m", "method=lora", "dataset=rte", "seed=0"]
+    assert run_argv(encoder, check(encoder)) == [
+        "experiment=minilm_glue", "method=lora", "dataset=rte", "hydra.run.dir=runs/x", "model=local",
+        "model.name_or_path=TINY_BERT", "trainer.max_steps=1"]
+
+
+def test_a_sweep_whose_trials_failed_is_caught(tmp_path):
+    """A sweep survives failing trials (max_failure_rate), so exit 0 is not enough: every trial
+    folder must hold metrics.json."""
+    from docs_runner import finished
+
+    for n in ("0", "1"):
+        (tmp_path / n).mkdir()
+    (tmp_path / "0" / "metrics.json").write_text("{}")
+    assert "without metrics.json: ['1']" in finished(tmp_path, multirun=True)
+    (tmp_path / "1" / "metrics.json").write_text("{}")
+    assert finished(tmp_path, multirun=True) is None
+    assert finished(tmp_path / "0", multirun=False) is None
+    assert "no metrics.json" in finished(tmp_path / "nosuch", multirun=False)
