@@ -86,7 +86,8 @@ def report(roots: list[Path], out: Path, baseline: str | None) -> str:
               + (f"; {pruned['trial'].nunique()} pruned trials listed apart." if not pruned.empty else ".")]
 
     # Figures: the main table's rows; a folder holding only searches shows its trials
-    shown = main if not main.empty else groups.assign(label=groups["study"] + ": " + groups["label"])
+    trial = groups["trial"].map(lambda t: f" #{t}" if t else "") if "trial" in groups else ""
+    shown = main if not main.empty else groups.assign(label=groups["study"] + trial + ": " + groups["label"])
     colour = plots.colours(shown["label"])
     plots.bars(shown, out / "report.png", colour)
     label = dict(zip(zip(shown["identity"], shown["study"]), shown["label"]))

@@ -119,6 +119,7 @@ def curves(runs: pd.DataFrame, path: Path, colour: dict, pruned: pd.DataFrame | 
         ax.set_ylabel(f"{key.iloc[0] if len(key) else 'val'} (x100)")
         ax.set_xlabel("optimizer step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(left=0)  # steps from the start (one evaluation alone otherwise gets fractional ticks)
         ax.set_title(task)
         ax.grid(alpha=0.3)
     handles = {lab: h for ax in axes for h, lab in zip(*ax.get_legend_handles_labels())}
