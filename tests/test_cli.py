@@ -80,6 +80,7 @@ def test_bad_config_fails_before_training_naming_the_key(tmp_path, override, key
 def test_training_without_a_train_file_is_a_clear_error(tmp_path):
     proc = run_cli(tmp_path, "model=t5_tiny", "dataset=boolq")
     assert proc.returncode == 2 and "BoolQ" in proc.stderr and "train" in proc.stderr
+    assert "BoolQ" not in proc.stdout and len(proc.stderr.strip().splitlines()) == 1  # said once, not logged too
 
 
 def test_hub_model_without_network_fails_in_one_line(tmp_path):
