@@ -10,6 +10,7 @@ import sys
 import hydra
 
 from mmpt.cli import main_wrapper, refuse_unknown_options
+from mmpt.cli_keys import refuse_unknown_keys
 
 
 @hydra.main(config_path="conf", config_name="finetune", version_base="1.3")
@@ -22,4 +23,5 @@ def main(cfg):
 if __name__ == "__main__":
     here = Path(__file__).parent  # conf/ and the finetune-only presets of conf/finetune.yaml's searchpath
     refuse_unknown_options([here / "conf", here / "mmpt" / "conf_finetune"], sys.argv[1:])
+    refuse_unknown_keys(here / "conf", "finetune", sys.argv[1:])  # one line, not Hydra's seven
     main()

@@ -1,22 +1,24 @@
 """What train.py and finetune.py share: seeds averaging, sweep-friendly errors, one-line failures,
-and (a Hydra callback) one run dir for all torchrun processes."""
+and (a Hydra callback) one run dir for all torchrun processes.
+
+Light on purpose: train.py imports it before Hydra composes, and a refused command (an unknown
+option, a misspelled key, a setting refused from the config alone) must not wait for torch or
+transformers. Those are imported inside the functions that run a command.
+"""
 import json
 import logging
 import math
 import os
+import signal
 import statistics
 import sys
 from pathlib import Path
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict, read_write
 
-from mmpt import trial
-from mmpt.engine import distributed
-from mmpt.runs import claim_run_dir, run_dir
 from mmpt.errors import ConfigError, MMPTError
 
 log = logging.getLogger("mmpt")
@@ -28,6 +30,10 @@ def in_sweep() -> bool:
 
 def over_seeds(fn, cfg) -> dict:
     """Train once per seed of `mean_over_seeds` (each in <run>/seed_<s>) and write their mean."""
+    from mmpt import trial
+    from mmpt.engine import distributed
+    from mmpt.runs import run_dir
+
     seeds = list(cfg.mean_over_seeds)
     if not seeds or not all(isinstance(s, int) for s in seeds):
         raise ConfigError("mean_over_seeds", f"expected a list of integer seeds, got {seeds!r}")
@@ -57,20 +63,25 @@ def main_wrapper(fn, cfg):
     """Run fn(cfg) and return the optimized metric.
 
     A user error (MMPTError) exits with status 2 and one line, no traceback. Inside a sweep it is
-    re-raised instead, so the sweeper records the trial as failed and goes on.
+    re-raised instead, so the sweeper records the trial as failed and goes on. Outside a sweep it
+    is printed once (the error line; not a log line too).
     """
+    from mmpt import trial
+    from mmpt.engine import distributed
+    from mmpt.runs import check_command, claim_run_dir
+
     try:
         with distributed.session():
-            plan = run_threads(cfg)  # checked before anything is written
+            check_command(cfg)  # before anything is written (TorchrunRunDir checked it before Hydra's run dir)
+            plan = run_threads(cfg)
             claim_run_dir(cfg)  # .hydra/ and the log file; refuses to resume into another run
             set_threads(plan)
             metrics = over_seeds(fn, cfg) if cfg.get("mean_over_seeds") else fn(cfg)
     except MMPTError as e:
-        log.error("%s", e)
         if in_sweep():
+            log.error("%s", e)
             raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        refuse(e)
     key = cfg.get("optimized_metric") or metrics.get("optimized_metric_key")
     if key not in metrics and not metrics.get("pruned"):
         raise ConfigError("optimized_metric", f"{key!r} is not among the run's metrics {sorted(metrics)[:10]}")
@@ -97,9 +108,7 @@ def refuse_unknown_options(conf_dirs: list[Path], argv: list[str]) -> None:
         options = sorted({p.stem for g in groups for p in g.glob("*.yaml")})
         for option in (o.strip() for o in value.split(",")):
             if option not in options:
-                err = ConfigError(key, f"no option {option!r} (expected one of: {', '.join(options)})")
-                print(f"error: {err}", file=sys.stderr)
-                sys.exit(2)
+                refuse(ConfigError(key, f"no option {option!r} (expected one of: {', '.join(options)})"))
 
 
 def run_threads(cfg) -> tuple[int | None, int, int]:
@@ -118,6 +127,8 @@ def run_threads(cfg) -> tuple[int | None, int, int]:
 
 
 def set_threads(plan: tuple[int | None, int, int]) -> None:
+    import torch
+
     threads, cores, at_once = plan
     if threads is not None:
         torch.set_num_threads(threads)
@@ -141,6 +152,42 @@ def trials_at_once(cores: int) -> int:
     return int(min(n, batch, cores))  # more trials than cores: one thread each all the same
 
 
+def refuse_before_run_dir(config: DictConfig) -> None:
+    """A single run's refusals that its config alone decides (mmpt.runs.check_command), before
+    Hydra makes the run dir: one `error:` line (from rank 0 only under torchrun), exit 2, nothing
+    written."""
+    from mmpt.runs import check_command
+
+    try:
+        check_command(config)
+    except MMPTError as e:
+        refuse(e)
+
+
+def refuse(err) -> None:
+    """A refused command: one `error:` line (from rank 0 alone under torchrun), exit status 2."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+    _end_torchrun_agent()
+    sys.exit(2)
+
+
+def _end_torchrun_agent() -> None:
+    """torchrun answers a worker's non-zero exit with a 30-line ChildFailedError traceback after
+    the refusal's one line. Every worker refuses alone (the same config, the same check), so the
+    first worker of each node ends its node's torchrun agent instead, which then prints nothing
+    (the command's exit status is then 137, SIGKILL's)."""
+    if not os.environ.get("TORCHELASTIC_RUN_ID") or int(os.environ.get("LOCAL_RANK", 0)) != 0:
+        return
+    parent = os.getppid()
+    try:
+        command = Path(f"/proc/{parent}/cmdline").read_bytes()
+    except OSError:
+        return
+    if b"torchrun" in command or b"torch.distributed.run" in command:
+        os.kill(parent, signal.SIGKILL)
+
+
 class TorchrunRunDir(Callback):
     """Under torchrun, every process runs in rank 0's run dir and only rank 0 writes Hydra's files.
 
@@ -152,8 +199,11 @@ class TorchrunRunDir(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        refuse_before_run_dir(config)
         if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
             return
+        from mmpt.engine import distributed
+
         distributed.init()
         HydraConfig.instance().set_config(config)  # for ${hydra:...} in the run dir
         run_dir = distributed.broadcast_object(str(config.hydra.run.dir))
@@ -165,6 +215,8 @@ class TorchrunRunDir(Callback):
 
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
+        from mmpt.engine import distributed
+
         distributed.leave()
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -173,6 +225,8 @@ class TorchrunRunDir(Callback):
         every trial's config takes through the sweep's Hydra overrides."""
         if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
             return
+        from mmpt.engine import distributed
+
         distributed.init()
         HydraConfig.instance().set_config(config)
         sweep_dir = distributed.broadcast_object(str(config.hydra.sweep.dir))
@@ -182,10 +236,14 @@ class TorchrunRunDir(Callback):
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{quoted}'")
 
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        from mmpt.engine import distributed
+
         if distributed.active() and not distributed.is_main():  # a sweep's trial on rank > 0: warnings only
             logging.getLogger().setLevel(logging.WARNING)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from mmpt.engine import distributed
+
         distributed.leave()
 
 

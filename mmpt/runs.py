@@ -18,7 +18,7 @@ from mmpt.config_keys import drop_defaults
 from mmpt.data.mixture import num_tasks, tasks_of
 from mmpt.engine import checkpoint, distributed
 from mmpt.errors import CheckpointError, ConfigError
-from mmpt.models import build_model
+from mmpt.models import build_model, check_config, quantize
 
 CONFIG = Path(".hydra") / "config.yaml"
 
@@ -45,6 +45,22 @@ def config_changes(saved, cfg) -> list[str]:
     keys = sorted(a.keys() | b.keys(), key=lambda k: (not k.endswith(".name"), k))
     keys = [k for k in keys if not any(k == c or k.startswith(c + ".") for c in RUN_CONTROL)]
     return [f"{k}: {a.get(k, '<unset>')} -> {b.get(k, '<unset>')}" for k in keys if a.get(k) != b.get(k)]
+
+
+def check_command(cfg) -> None:
+    """The refusals a command's config alone decides (trainer settings, trainer.strategy, the
+    quantization keys, a method a quantized backbone cannot train), made before Hydra makes the run
+    dir (mmpt.cli.TorchrunRunDir.on_run_start) and again before claim_run_dir: a refused command
+    writes nothing."""
+    from mmpt.engine import sharding
+    from mmpt.engine.loop import validate_trainer
+
+    model = cfg.get("model")  # finetune.py: null, its backbone comes from the pretrained run
+    if model is not None:
+        check_config(model, cfg.get("method"))
+    if cfg.get("trainer") is not None:
+        validate_trainer(cfg.trainer)
+        sharding.check_strategy(cfg.trainer, model is not None and quantize.quantized(model))
 
 
 def claim_run_dir(cfg) -> None:

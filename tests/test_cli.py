@@ -80,6 +80,7 @@ def test_bad_config_fails_before_training_naming_the_key(tmp_path, override, key
 def test_training_without_a_train_file_is_a_clear_error(tmp_path):
     proc = run_cli(tmp_path, "model=t5_tiny", "dataset=boolq")
     assert proc.returncode == 2 and "BoolQ" in proc.stderr and "train" in proc.stderr
+    assert "BoolQ" not in proc.stdout and len(proc.stderr.strip().splitlines()) == 1  # said once, not logged too
 
 
 def test_hub_model_without_network_fails_in_one_line(tmp_path):
@@ -98,3 +99,36 @@ def test_mttl_grid_preset_is_offered_by_finetune_only():
     help_text = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, env=env, capture_output=True,
                                text=True, timeout=120).stdout
     assert "hparams_search: lora, prefix, prefix_routing\n" in help_text
+
+
+@pytest.mark.parametrize("args, key, closest", [
+    (["trainer.max_stepz=3"], "trainer.max_stepz", "trainer.max_steps"),
+    (["-m", "hparams_search=lora", "hydra.sweeper.n_trial=2"], "hydra.sweeper.n_trial", "hydra.sweeper.n_trials"),
+    (["model=llama_tiny", "model.dropout=0"], "model.dropout", "model."),  # llama_tiny has no dropout key
+])
+def test_a_misspelled_key_is_one_line_naming_it_and_the_closest(tmp_path, args, key, closest):
+    from mmpt.cli_keys import unknown_key
+
+    err = unknown_key(ROOT / "conf", "train", args)
+    assert err is not None and err.key == key and f"the closest: {closest}" in str(err)
+    assert unknown_key(ROOT / "conf", "train", ["trainer.max_steps=3", "+trainer.extra=1", "model=t5_tiny",
+                                                "model.dropout=0"]) is None
+    if args == ["trainer.max_stepz=3"]:  # the real command: one line on stderr, exit 2, no run dir
+        env = {**os.environ, "MMPT_DATA_DIR": str(DATA), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+        proc = subprocess.run([sys.executable, "train.py", *args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "trainer.max_stepz" in proc.stderr and "trainer.max_steps" in proc.stderr
+        assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_option_is_refused_before_torch_is_imported():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, "-X", "importtime", "train.py", "method=nosuch"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "hydra" in imported and not imported & {"torch", "transformers", "optuna"}, sorted(imported)[:5]
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
+    assert errors == ["error: config error at `method`: no option 'nosuch' (expected one of: full, ia3, lora, "
+                      "poly_ia3, poly_lora, prefix, prefix_routing, prompt_routing, prompt_tuning)"]

@@ -62,3 +62,40 @@ def test_a_run_records_its_cost_and_the_report_shows_it(tmp_path):
     assert f"{saved['backbone_mb']:,.1f}" in row and f"{saved['peak_mem_mb']:,.1f}" in row
     csv = (tmp_path / "report" / "report.csv").read_text().splitlines()
     assert all(k in csv[0].split(",") for k in cost.KEYS)
+
+
+def test_a_tied_lm_head_counts_once_in_backbone_mb():
+    cfg = OmegaConf.load(ROOT / "conf" / "model" / "gpt2_tiny.yaml")
+    gpt2, _ = load_backbone(cfg)
+    assert gpt2.lm_head.weight is gpt2.transformer.wte.weight  # tied: one tensor, two modules
+    unique = {id(p): p for m in gpt2.modules() for p in m.parameters(recurse=False)}
+    assert cost.backbone_bytes(gpt2) == 4 * sum(p.numel() for p in unique.values())
+    assert cost.backbone_bytes(gpt2) < 4 * (sum(p.numel() for p in unique.values()) + gpt2.lm_head.weight.numel())
+
+
+def test_peak_mem_is_each_runs_own_not_the_process_lifetime_peak():
+    cpu = torch.device("cpu")
+    cost.start_run(cpu)
+    big = torch.ones(300 * 2 ** 20 // 4)  # 300 MB, touched
+    first = cost.peak_mem_mb(cpu)
+    del big
+    cost.start_run(cpu)  # the next job of a multirun, in the same process
+    small = torch.ones(2 ** 20)
+    second = cost.peak_mem_mb(cpu)
+    del small
+    assert first - second > 250, (first, second)
+
+
+def test_the_report_averages_cost_over_seeds():
+    import pandas as pd
+
+    from mmpt.report.stats import group
+    from mmpt.report.tables import cost as cost_table
+
+    rows = [{"run": f"s{s}", "method": "lora", "task": "cb", "metric": "acc", "seed": s, "score": 0.5, "val": 0.5,
+             "trainable_params": 10, "peak_mem_mb": mem, "train_tokens_per_s": 100.0 * (s + 1), "adapter_mb": 0.5,
+             "backbone_mb": 2.0, "identity": "{}", "settings": {}, "choices": {}, "study": ""}
+            for s, mem in ((0, 100.0), (1, 300.0))]
+    g = group(pd.DataFrame(rows))
+    assert len(g) == 1 and g.loc[0, "peak_mem_mb"] == 200.0 and g.loc[0, "train_tokens_per_s"] == 150.0
+    assert "| lora | cb | 200.0 | 150.0 | 0.5 | 2 |" in cost_table(g)

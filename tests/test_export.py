@@ -132,7 +132,7 @@ def test_round_trips(tmp_path, backbone, method, bert_dir):
     export(tmp_path / "run", "peft", tmp_path / "peft")
     cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     base_dir = bert_dir if backbone == "bert" else tmp_path / "peft" / "base_model"
-    assert cfg["base_model_name_or_path"] == (str(bert_dir) if backbone == "bert" else "base_model")
+    assert cfg["base_model_name_or_path"] == str(bert_dir if backbone == "bert" else base_dir.resolve())
     assert cfg["task_type"] == {"t5": "SEQ_2_SEQ_LM", "bert": "FEATURE_EXTRACTION"}.get(backbone, "CAUSAL_LM")
     if method in ("lora", "ia3"):  # GPT-2's Conv1D weights are stored [in, out]
         assert cfg["fan_in_fan_out"] == (backbone == "gpt2")

@@ -107,15 +107,33 @@ def test_bad_quantization_settings_are_one_line_errors_before_loading(monkeypatc
         quantize.bnb_config(OmegaConf.create({"quantization": "int8"}))
 
 
-def test_cli_refuses_an_unknown_quantization_in_one_line(tmp_path):
-    env = {"MMPT_DATA_DIR": str(DATA), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "train.py", "model=llama_tiny", "model.quantization=int4", "method=lora",
-                          "dataset=cb", f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, env=env,
+@pytest.mark.parametrize("over, message", [
+    (["model.quantization=int4"], "error: config error at `model.quantization`: expected one of "
+                                  "['none', 'nf4', 'fp4', 'int8'], got 'int4'"),
+    (["model.double_quant=true"], "error: config error at `model.double_quant`: applies to 4-bit backbones"),
+    (["model.quantization=nf4", "method=full"], "error: config error at `method`: full trains the backbone's weights"),
+    (["trainer.strategy=zero3"], "error: config error at `trainer.strategy`: expected one of ['ddp', 'fsdp']"),
+], ids=["quantization", "double_quant", "full-on-nf4", "strategy"])
+def test_cli_refusals_are_one_line_and_write_nothing(tmp_path, over, message):
+    env = {"MMPT_DATA_DIR": str(DATA), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PATH": "/usr/bin:/bin",
+           "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "train.py", "model=llama_tiny", "method=lora", *over, "dataset=cb",
+                          f"hydra.run.dir={tmp_path / 'run' / 'sub'}"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == ["error: config error at `model.quantization`: expected one of "
-                                               "['none', 'nf4', 'fp4', 'int8'], got 'int4'"]
-    assert not (tmp_path / "run" / "metrics.json").exists()
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), out.stderr
+    assert not (tmp_path / "run").exists()  # no run dir, no .hydra/, no train.log
+
+
+def test_an_in_process_4bit_backbone_keeps_its_float_layers_in_float32():
+    cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "model" / "llama_tiny.yaml"), {"quantization": "nf4"})
+    nf4, _ = load_backbone(cfg)
+    floats = {n: p.dtype for n, p in nf4.named_parameters() if p.is_floating_point()}
+    assert {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"} <= set(floats)
+    assert any(".input_layernorm." in n for n in floats)
+    assert set(floats.values()) == {torch.float32}, {n: d for n, d in floats.items() if d != torch.float32}
+    assert isinstance(nf4.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
 
 
 # -- whole runs: resume, PEFT, merged, fine-tuning, libraries --
@@ -196,6 +214,25 @@ def test_a_4bit_lora_export_runs_in_peft_on_the_same_4bit_base_and_imports_back(
     save_file(weights, other / "base_model" / "model.safetensors")
     with pytest.raises(ConfigError, match=r"differs from this run's model \(first at `model.layers.1.self_attn.v_proj.weight`"):
         check_base(json.loads((other / "adapter_config.json").read_text()), other, cfg.model, model.backbone)
+
+
+def test_a_peft_export_of_an_in_process_backbone_loads_from_another_directory(q4_run, tmp_path, monkeypatch):
+    from peft import AutoPeftModelForCausalLM
+
+    from mmpt.export.__main__ import export
+
+    out = export(q4_run, "peft", tmp_path / "peft")
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str((out / "base_model").resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # PEFT resolves the base's name against the current directory
+    theirs = AutoPeftModelForCausalLM.from_pretrained(str(out))
+    from safetensors.torch import load_file
+
+    saved = load_file(out / "base_model" / "model.safetensors")
+    embed = theirs.get_base_model().model.embed_tokens.weight
+    assert torch.equal(embed.detach(), saved["model.embed_tokens.weight"])
 
 
 def test_merged_export_of_a_4bit_run_is_its_dequantized_float_model(q4_run, tmp_path):

@@ -256,3 +256,62 @@ def test_several_folders_make_one_report(tmp_path, capsys):
     assert df.loc["lora", "delta"] == pytest.approx(15.0)
     assert df.loc["lora", "p_value"] == pytest.approx(1 - t / math.sqrt(2 + t * t))
     assert "6 finished runs" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def _overrides_run(d, model, quant, score, seed=0, regex="q|v"):
+    """A run of a sweep over backbones: its config holds derived keys (a target regex with `|`)."""
+    hydra = {"mode": "MULTIRUN", "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"},
+             "runtime": {"choices": {"model": model, "method": "lora"}},
+             "overrides": {"task": [f"model={model}", f"model.quantization={quant}", "method=lora", "dataset=cb",
+                                    f"hydra.sweep.dir=x", f"seed={seed}"]}}
+    fake_run(d, cfg(task="cb", seed=seed, model__build=model, model__quantization=quant,
+                    model__targets__attention=f"(.*{model}.*\\.({regex}))" * 12), score, hydra=hydra)
+
+
+def test_labels_name_the_overrides_and_table_cells_keep_their_columns(tmp_path):
+    import re
+
+    from PIL import Image
+
+    for i, (model, quant) in enumerate([(m, q) for m in ("t5_tiny", "llama_tiny") for q in ("none", "nf4")]):
+        _overrides_run(tmp_path / str(i), model, quant, 0.5 + 0.05 * i)
+    labels = {label for label, _ in rows(tmp_path)}
+    assert labels == {f"lora (model={m}, model.quantization={q})" for m in ("t5_tiny", "llama_tiny")
+                      for q in ("none", "nf4")}
+    # a label the overrides do not tell apart falls back to the settings, cut at 120 characters
+    _overrides_run(tmp_path / "4", "t5_tiny", "none", 0.7, regex="k|o")
+    assert max(len(label) for label, _ in rows(tmp_path)) <= 120
+    assert report_main([str(tmp_path)]) == 0
+    header = None
+    for line in (tmp_path / "report.md").read_text().splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = len(re.split(r"(?<!\\)\|", line.strip().strip("|")))
+        header = cells if header is None else header
+        assert cells == header, line  # every row has its table header's cells
+    assert "\\|" in (tmp_path / "report.md").read_text()
+    for png in ("report.png", "learning_curves.png"):
+        assert Image.open(tmp_path / png).size[0] <= 2400
+
+
+def test_forty_runs_keep_figures_readable_and_trials_carry_their_number(tmp_path):
+    from PIL import Image
+
+    optuna = {"mode": "MULTIRUN", "sweeper": {"_target_": "hydra_plugins.x.OptunaSweeper", "study_name": "s"}}
+    for i in range(40):
+        hydra = {**optuna, "sweeper": {**optuna["sweeper"], "trial": i},
+                 "overrides": {"task": [f"optimizer.lr={1e-4 * (i + 1):.4g}", f"method.rank={i % 7 + 1}"]}}
+        fake_run(tmp_path / str(i), cfg(seed=0, optimizer__lr=1e-4 * (i + 1), method__rank=i % 7 + 1),
+                 0.3 + 0.01 * i, hydra=hydra, curve=((3, 0.2), (6, 0.3 + 0.01 * i)))
+    assert report_main([str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "## Search trials: s\n" in md and "(.)" not in md and "`.`" not in md
+    first = next(line for line in md.splitlines() if line.startswith("| 39 |"))  # the best val first
+    assert "lora (optimizer.lr=0.004, method.rank=5)" in first.replace("method.rank=5, optimizer.lr=0.004",
+                                                                       "optimizer.lr=0.004, method.rank=5")
+    df = pd.read_csv(tmp_path / "report.csv")
+    assert sorted(df["trial"].astype(int)) == list(range(40))
+    for png in ("report.png", "learning_curves.png"):
+        w, h = Image.open(tmp_path / png).size
+        assert w <= 2400 and h <= 12000, (png, w, h)

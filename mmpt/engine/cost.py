@@ -1,8 +1,12 @@
 """What a run cost, as PEFT's method comparison reports it: metrics.json's cost keys.
 
-- `peak_mem_mb`: the peak of GPU memory allocated by tensors (torch.cuda.max_memory_allocated),
-  or on CPU the process's peak resident set (getrusage: everything the process held, the Python
-  runtime, data and evaluation included);
+- `peak_mem_mb`: the run's own peak (`start_run` resets the trackers when it starts, so a sweep's
+  or multirun's in-process jobs each get theirs, not the maximum of all jobs before): of GPU
+  memory allocated by tensors (torch.cuda.max_memory_allocated, reset_peak_memory_stats), or on
+  CPU of the process's resident set (VmHWM of /proc/self/status, reset through clear_refs after
+  freed memory is handed back to the system: everything the process held while the run ran,
+  the Python runtime, data and evaluation included; elsewhere than Linux, getrusage's lifetime
+  peak);
 - `train_tokens_per_s`: tokens of the training batches (attended source tokens plus target tokens,
   over all processes) per second of training steps (evaluation time is not counted);
 - `adapter_mb`: the size on disk of the trained parameters (the best checkpoint's safetensors);
@@ -10,6 +14,9 @@
   included (a 4-bit backbone: its packed weights, their scales and the layers left in float);
   under FSDP, this process's shards.
 """
+import ctypes
+import ctypes.util
+import gc
 import resource
 from pathlib import Path
 
@@ -29,10 +36,38 @@ def batch_tokens(batch: dict) -> int:
     return n
 
 
+def start_run(device: torch.device) -> None:
+    """A run starts: from here on, peak_mem_mb measures this run's peak, not an earlier job's."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    if libc and hasattr(ctypes.CDLL(libc), "malloc_trim"):
+        ctypes.CDLL(libc).malloc_trim(0)  # glibc keeps freed heap resident; the peak starts from what is held
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := the current resident set
+    except OSError:
+        pass  # not Linux: the lifetime peak
+
+
+def _vm_hwm_kb() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def peak_mem_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / MB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    hwm = _vm_hwm_kb()
+    if hwm is None:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return hwm / 1024
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:

@@ -25,8 +25,9 @@ from mmpt.errors import ConfigError
 STRATEGIES = ("ddp", "fsdp")
 
 
-def strategy(tcfg, model) -> str:
-    """trainer.strategy, checked against the run (one line before training)."""
+def check_strategy(tcfg, quantized: bool) -> str:
+    """trainer.strategy, checked against the command alone (before the run dir is made or anything
+    heavy loads): a known value; fsdp only under torchrun and never on a quantized backbone."""
     value = tcfg.get("strategy", "ddp") or "ddp"
     if value not in STRATEGIES:
         raise ConfigError("trainer.strategy", f"expected one of {list(STRATEGIES)}, got {value!r}")
@@ -34,10 +35,15 @@ def strategy(tcfg, model) -> str:
         if "LOCAL_RANK" not in os.environ:
             raise ConfigError("trainer.strategy", "fsdp shards the model over the processes torchrun starts: "
                               "run `torchrun --nproc-per-node N train.py ...`, or leave trainer.strategy=ddp")
-        if any(not p.is_floating_point() for p in model.backbone.parameters()):
+        if quantized:
             raise ConfigError("trainer.strategy", "fsdp cannot shard the integer weights of a quantized backbone "
                               "(model.quantization); use ddp")
     return value
+
+
+def strategy(tcfg, model) -> str:
+    """trainer.strategy, checked against the run (one line before training)."""
+    return check_strategy(tcfg, any(not p.is_floating_point() for p in model.backbone.parameters()))
 
 
 def is_sharded(model) -> bool:

@@ -16,7 +16,7 @@ from mmpt.errors import MMPTError
 from mmpt.export import head, merged, peft_format
 from mmpt.export.mapping import ExportError
 from mmpt.export.mappings import peft_mapping
-from mmpt.export.base_model import base_name, save_base
+from mmpt.export.base_model import base_name, base_reference, save_base
 from mmpt.data.mixture import tasks_of
 from mmpt.runs import load_model, open_run
 
@@ -40,7 +40,10 @@ def export(run_dir, fmt: str, out, task_id: int = 0) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     if fmt == "peft":
-        base = base_name(cfg.model) or save_base(cfg.model, tmp)
+        base = base_name(cfg.model)
+        if base is None:  # built in-process: a copy beside the adapter, named by its final absolute path
+            save_base(cfg.model, tmp)
+            base = base_reference(out)
         peft_format.write(tmp, mapping, weights, model, base)
     else:
         backbone.save_pretrained(tmp)

@@ -30,3 +30,12 @@ def save_base(model_cfg, out: Path) -> str:
     backbone.save_pretrained(out / BASE_DIR)
     tokenizer.save_pretrained(out / BASE_DIR)
     return BASE_DIR
+
+
+def base_reference(out: Path) -> str:
+    """What an export at `out` with its base saved beside it (save_base) puts in
+    `base_model_name_or_path`: the absolute path of out/base_model, so that PEFT's
+    AutoPeftModel*.from_pretrained(out) and transformers' PEFT loading, which resolve the name
+    against the current directory, load it from anywhere. A folder moved elsewhere still has its
+    base beside it, which mmpt's importer looks for first."""
+    return str(Path(out).resolve() / BASE_DIR)

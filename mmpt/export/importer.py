@@ -15,7 +15,7 @@ from mmpt.errors import ConfigError
 from mmpt.export import head, peft_format
 from mmpt.export.mapping import ExportError
 from mmpt.export.mappings import method_of, peft_mapping
-from mmpt.export.base_model import base_name
+from mmpt.export.base_model import BASE_DIR, base_name
 from mmpt.methods.adapters import Wrapped
 from mmpt.models import quantize
 
@@ -70,6 +70,8 @@ def _same(mine, t: torch.Tensor) -> bool:
 def check_base(config: dict, where: Path, model_cfg, backbone) -> None:
     base = config.get("base_model_name_or_path") or ""
     local = where / base if base and (where / base).is_dir() else Path(base) if base and Path(base).is_dir() else None
+    if base and Path(base).name == BASE_DIR and (where / BASE_DIR).is_dir():
+        local = where / BASE_DIR  # an export's own base beside it (its config names where it was written)
     mine = base_name(model_cfg)
     if local is not None and list(local.glob("*.safetensors")):
         state = _clean_state(backbone)

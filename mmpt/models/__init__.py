@@ -10,7 +10,15 @@ from mmpt.models import causal, encoder, quantize, seq2seq  # noqa: F401  (each 
 from mmpt.models.backbone import backbone_name, fill_targets, load, load_backbone
 from mmpt.models.family import FAMILIES, Family
 
-__all__ = ["build_model", "load_backbone", "backbone_name", "FAMILIES", "Family"]
+__all__ = ["build_model", "check_config", "load_backbone", "backbone_name", "FAMILIES", "Family"]
+
+
+def check_config(model_cfg, method_cfg=None) -> None:
+    """Refuse, from the config alone, a model config's bad quantization keys and a method its
+    backbone cannot train (method=full on a 4-bit backbone): before anything is loaded or written."""
+    quantize.bnb_config(model_cfg)
+    if method_cfg is not None and method_cfg.get("name") in METHODS:
+        quantize.check_method(model_cfg, method_cfg.get("name"), METHODS.get(method_cfg.get("name")).obj)
 
 
 def build_model(model_cfg, method_cfg, router_cfg=None, n_tasks: int = 1, tasks=None, make_method=None):

@@ -14,6 +14,7 @@ weights in float32.
 """
 import importlib
 import logging
+import os
 import tempfile
 
 import torch
@@ -94,11 +95,23 @@ def rebuild(model, kwargs: dict):
     hf_logging.disable_progress_bar()  # no "Writing" / "Loading weights" bars in every run's log
     try:
         with tempfile.TemporaryDirectory(prefix="mmpt-quantize-") as tmp:
-            model.save_pretrained(tmp)
+            _save_own_copy(model, tmp)
             return type(model).from_pretrained(tmp, dtype=torch.float32, **kwargs)
     finally:
         if bar:
             hf_logging.enable_progress_bar()
+
+
+def _save_own_copy(model, path: str) -> None:
+    """The model's config and weights in `path`, written by this process whatever its rank.
+
+    Not save_pretrained: with a process group up (torchrun) it writes on rank 0 only, so every
+    other rank found its own temporary directory empty. safetensors' save_model keeps one name
+    per tied tensor, which from_pretrained ties again from the config."""
+    from safetensors.torch import save_model
+
+    model.config.save_pretrained(path)
+    save_model(model, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
 
 
 def _not_the_int8_cast(record) -> bool:

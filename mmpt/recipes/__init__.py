@@ -8,6 +8,7 @@
 train.py and finetune.py at the repository root are thin @hydra.main wrappers around `train` and
 `finetune`.
 """
+from mmpt.engine import cost, distributed
 from mmpt.errors import ConfigError
 from mmpt.models import backbone_name
 from mmpt.recipes import library, transfer
@@ -24,4 +25,5 @@ def finetune(cfg) -> dict:
         raise ConfigError("model", f"finetune.py takes the backbone from {source}; drop model= (got "
                           f"{backbone_name(cfg.model)}; debug=fast sets it too)")
     recipe = library if cfg.get("library") else transfer
+    cost.start_run(distributed.device())  # peak_mem_mb: this run's own, not an earlier job's in this process
     return recipe.finetune(cfg)

@@ -2,6 +2,7 @@
 from transformers import set_seed
 
 from mmpt.data.mixture import tasks_of
+from mmpt.engine import cost, distributed
 from mmpt.engine.loop import validate_trainer
 from mmpt.engine.logging import RunLogger
 from mmpt.engine.meta import RunMeta
@@ -18,6 +19,7 @@ def train(cfg) -> dict:
         raise ConfigError("seed", f"expected an integer, got {cfg.get('seed')!r}")
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
+    cost.start_run(distributed.device())  # peak_mem_mb: this run's own, not an earlier job's in this process
     set_seed(cfg.seed)
     model = build_run_model(cfg)
     if cfg.get("init_from"):  # an adapter trained elsewhere (PEFT); mmpt.export writes them

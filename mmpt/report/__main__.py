@@ -77,7 +77,7 @@ def report(roots: list[Path], out: Path, baseline: str | None) -> str:
     for where, best in [(w if len(roots) == 1 else f"{root.as_posix()}/{w}", b)
                         for root in roots for w, b in sweep_best(root) if b.get("best_params") is not None]:
         params = ", ".join(f"{k}={v}" for k, v in (best.get("best_params") or {}).items())
-        lines.append(f"Sweep `{where}`: best value {best.get('best_value')} at {params}.")
+        lines.append(f"Sweep{f' `{where}`' if where not in ('', '.') else ''}: best value {best.get('best_value')} at {params}.")
     repeated = [f"{r.label} on {r.task} (seeds {r.seeds})" for r in groups.itertuples()
                 if len(set(r.seeds.split())) < r.n]
     if repeated:  # e.g. one config run twice, or fine-tuned from two equal pre-trainings
@@ -86,12 +86,13 @@ def report(roots: list[Path], out: Path, baseline: str | None) -> str:
               + (f"; {pruned['trial'].nunique()} pruned trials listed apart." if not pruned.empty else ".")]
 
     # Figures: the main table's rows; a folder holding only searches shows its trials
-    shown = main if not main.empty else groups.assign(label=groups["study"] + ": " + groups["label"])
+    trial = groups["trial"].map(lambda t: f" #{t}" if t else "") if "trial" in groups else ""
+    shown = main if not main.empty else groups.assign(label=groups["study"] + trial + ": " + groups["label"])
     colour = plots.colours(shown["label"])
     plots.bars(shown, out / "report.png", colour)
     label = dict(zip(zip(shown["identity"], shown["study"]), shown["label"]))
     runs["label"] = [label.get(k) for k in zip(runs["identity"], runs["study"])]
-    plots.curves(runs[runs["label"].notna()], out / "learning_curves.png", colour)
+    plots.curves(runs[runs["label"].notna()], out / "learning_curves.png", colour, pruned)
     return "\n".join(lines)
 
 

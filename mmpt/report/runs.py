@@ -93,14 +93,37 @@ def method_name(cfg: dict, cwd=".") -> str:
 
 def _study(hydra: dict, run: Path, root: Path) -> str:
     """The study a hyperparameter-search trial belongs to ("" for plain runs and grids): Optuna
-    trials differ by design, so the report lists them in their own table."""
+    trials differ by design, so the report lists them in their own table. Named by the study and,
+    when the sweep lies below the report's folder, the sweep's folder."""
     h = hydra.get("hydra") or {}
     sweeper = (h.get("sweeper") or {}).get("_target_", "")
     if h.get("mode") != "MULTIRUN" or not sweeper or sweeper.endswith("BasicSweeper"):
         return ""
     name = h["sweeper"].get("study_name") or sweeper.rsplit(".", 1)[-1]
     trial = run if not re.fullmatch(r"seed_\d+", run.name) else run.parent
-    return f"{name} ({trial.parent.relative_to(root).as_posix() or '.'})"
+    where = trial.parent.relative_to(root).as_posix()
+    return f"{name} ({where})" if where not in ("", ".") else name
+
+
+def _trial_number(hydra: dict):
+    """A search trial's number (mmpt's sweeper sets hydra.sweeper.trial), else the job's; None outside sweeps."""
+    h = hydra.get("hydra") or {}
+    if h.get("mode") != "MULTIRUN":
+        return None
+    number = (h.get("sweeper") or {}).get("trial")
+    return number if number is not None else (h.get("job") or {}).get("num")
+
+
+def overrides(hydra: dict) -> dict:
+    """What the user chose on the command line (hydra.overrides.task, e.g. `model=t5_tiny`,
+    `method.rank=4`), as {key: value}, run-control keys aside: what row labels name."""
+    out = {}
+    for item in ((hydra.get("hydra") or {}).get("overrides") or {}).get("task") or []:
+        key, eq, value = str(item).partition("=")
+        key = key.lstrip("+~")
+        if eq and not is_run_control(key):
+            out[key] = value
+    return out
 
 
 def test_key(metrics: dict) -> str:
@@ -142,7 +165,8 @@ def collect(root) -> tuple[pd.DataFrame, int]:
             "trainable_params": metrics.get("trainable_params"),
             **{k: metrics.get(k) for k in COST},  # engine/cost.py (runs before it have none)
             "identity": json.dumps(ident, sort_keys=True, default=str), "settings": ident,
-            "choices": {k: v for k, v in choices.items() if "/" not in k},
+            "choices": {k: v for k, v in choices.items() if "/" not in k}, "overrides": overrides(hydra),
+            "trial_number": _trial_number(hydra),
             "study": _study(hydra, run, root), "curve": str(run / "metrics.jsonl"),
             "val_key": metrics.get("optimized_metric_key"),
             "pruned": trial_metrics.get("pruned") is True, "pruned_step": trial_metrics.get("pruned_step"),

@@ -56,10 +56,46 @@ def _named(same: pd.DataFrame, shown_groups: set, varying: set) -> pd.Series:
     return pd.Series(names)
 
 
+MAX_LABEL = 120  # characters: a label is read in a table cell, on a figure's axis and in a legend
+
+
+def _chosen(same: pd.DataFrame) -> pd.Series | None:
+    """Labels from what the user chose (the command-line overrides in which the rows differ, as
+    Hydra's override dirname names a job: `lora (model=llama_tiny, model.quantization=nf4)`);
+    None when the overrides do not tell the rows apart."""
+    rows = list(same.get("overrides", pd.Series([{}] * len(same), index=same.index)))
+    rows = [r if isinstance(r, dict) else {} for r in rows]
+    keys = sorted(set().union(*rows) - {"method"})
+
+    def value(i, row, k):  # a key one row did not override: its config value (or group choice)
+        if k in rows[i]:
+            return rows[i][k]
+        return row["choices"].get(k) or _fmt(row["settings"].get(k, "-"))
+
+    table = {k: [value(i, row, k) for i, (_, row) in enumerate(same.iterrows())] for k in keys}
+    varying = [k for k in keys if len(set(table[k])) > 1]
+    if not varying:
+        return None
+    named = pd.Series({idx: f"{row['method']} ({', '.join(f'{k}={table[k][i]}' for k in varying)})"
+                       for i, (idx, row) in enumerate(same.iterrows())})
+    return None if pd.DataFrame({"task": same["task"], "label": named}).duplicated().any() else named
+
+
+def _short(named: pd.Series, tasks: pd.Series) -> pd.Series:
+    """Labels over MAX_LABEL characters cut, numbered where cutting makes two rows of a task equal."""
+    long = named.str.len() > MAX_LABEL
+    cut = named.where(~long, named.str.slice(0, MAX_LABEL - 2) + "…)")
+    clash = pd.DataFrame({"task": tasks, "label": cut}).duplicated(keep=False) & long
+    for n, i in enumerate(cut.index[clash]):
+        cut[i] = f"{named[i][:MAX_LABEL - 8]}… #{n})"
+    return cut
+
+
 def labels(groups: pd.DataFrame) -> pd.Series:
-    """Row labels: the method name plus the settings in which groups of that method differ within
-    a task (e.g. `lora (method.rank=4)`). A config group whose choice differs is shown by its
-    choice (`model=t5_tiny`), not by every key it changes."""
+    """Row labels: the method name plus what distinguishes groups of that method within a task:
+    the command-line overrides in which they differ (`lora (method.rank=4)`), else the settings
+    in which they differ, a config group whose choice differs shown by its choice
+    (`model=t5_tiny`), not by every key it changes. At most MAX_LABEL characters."""
     out = pd.Series(groups["method"].values, index=groups.index)
     for _, same in groups.groupby("method"):
         varying = set()
@@ -67,6 +103,10 @@ def labels(groups: pd.DataFrame) -> pd.Series:
             keys = set().union(*(s.keys() for s in cell["settings"]))
             varying |= {k for k in keys if len({json.dumps(s.get(k), default=str) for s in cell["settings"]}) > 1}
         if not varying:
+            continue
+        chosen = _chosen(same)
+        if chosen is not None:
+            out[chosen.index] = _short(chosen, same["task"])
             continue
         shown_groups = set()
         for g in {k.split(".", 1)[0] for k in varying if "." in k}:
@@ -76,8 +116,14 @@ def labels(groups: pd.DataFrame) -> pd.Series:
         named = _named(same, shown_groups, varying)
         if pd.DataFrame({"task": same["task"], "label": named}).duplicated().any():
             named = _named(same, set(), varying)  # a choice that does not tell its rows apart: every key
-        out[named.index] = named
+        out[named.index] = _short(named, same["task"])
     return out
+
+
+def _trials(numbers: pd.Series) -> str:
+    """The trial numbers of a group's runs ("" outside searches), e.g. `3` or `0 2`."""
+    known = sorted({int(n) for n in numbers.dropna()})
+    return " ".join(map(str, known))
 
 
 def group(runs: pd.DataFrame) -> pd.DataFrame:
@@ -97,6 +143,8 @@ def group(runs: pd.DataFrame) -> pd.DataFrame:
             "trainable_params": int(params.iloc[0]) if len(params) else pd.NA,
             **{k: pd.to_numeric(g[k], errors="coerce").mean() if k in g else math.nan for k in COST},
             "settings": g["settings"].iloc[0], "choices": g["choices"].iloc[0], "by_seed": by_seed,
+            "overrides": g["overrides"].iloc[0] if "overrides" in g else {},
+            "trial": _trials(g["trial_number"]) if study and "trial_number" in g else "",
         })
     groups = pd.DataFrame(rows)
     if groups.empty:

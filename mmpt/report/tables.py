@@ -5,18 +5,25 @@ import pandas as pd
 
 from mmpt.report.runs import COST
 
-CSV_COLUMNS = ["study", "task", "metric", "label", "method", "n", "seeds", "mean", "std", "ci95_low", "ci95_high",
+CSV_COLUMNS = ["study", "trial", "task", "metric", "label", "method", "n", "seeds", "mean", "std", "ci95_low", "ci95_high",
                "val_mean", "trainable_params", *COST, "baseline", "n_paired", "delta", "p_value"]
 ALPHA = 0.05
 
 
 def csv_frame(groups: pd.DataFrame) -> pd.DataFrame:
-    """Numbers in their own columns (report.csv); columns a report without --baseline lacks are empty."""
+    """Numbers in their own columns (report.csv); columns a report without --baseline lacks are
+    empty, as is `trial` (a search trial's number) outside searches."""
     out = groups.copy()
-    for c in ("baseline", "n_paired", "delta", "p_value"):
+    for c in ("baseline", "trial", "n_paired", "delta", "p_value"):
         if c not in out:
-            out[c] = "" if c == "baseline" else math.nan
+            out[c] = "" if c in ("baseline", "trial") else math.nan
     return out[CSV_COLUMNS]
+
+
+def esc(text) -> str:
+    """A markdown table cell: `|` (in a target-module regex, say) escaped, so that it does not
+    split the cell; line breaks flattened."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def not_significant(row) -> bool:
@@ -47,7 +54,7 @@ def wide(groups: pd.DataFrame, marks: bool = False) -> str:
         by_task = g.set_index("task")
         cells = [cell(by_task.loc[t], marks) if t in by_task.index else "-" for t in tasks]
         avg = f"{by_task['mean'].mean():.1f}" if len(by_task) == len(tasks) else "-"
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {avg} | {_params(g['trainable_params'])} |")
+        lines.append(f"| {esc(label)} | " + " | ".join(cells) + f" | {avg} | {_params(g['trainable_params'])} |")
     return "\n".join(lines)
 
 
@@ -71,16 +78,16 @@ def comparison(groups: pd.DataFrame) -> str:
                 p = "p<0.001" if r["p_value"] < 0.001 else f"p={r['p_value']:.3f}"
                 cells.append(f"{r['delta']:+.1f} ({p}, n={r['n_paired']})"
                              + (" †" if not_significant(r) else ""))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {esc(label)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def trials(groups: pd.DataFrame) -> str:
-    """One study's trials: a row per setting, its seeds' mean test and val scores."""
-    lines = ["| trial settings | task | n | test mean ± std [95% CI] | val mean |", "|---|---|---|---|---|"]
+    """One study's trials: a row per setting (its trial numbers first), its seeds' mean test and val scores."""
+    lines = ["| trial | trial settings | task | n | test mean ± std [95% CI] | val mean |", "|---|---|---|---|---|---|"]
     for _, r in groups.sort_values("val_mean", ascending=False).iterrows():
-        lines.append(f"| {r['label']} | {r['task']} ({r['metric']}) | {r['n']} | {cell(r, False).rsplit(' (', 1)[0]} "
-                     f"| {r['val_mean']:.1f} |")
+        lines.append(f"| {r.get('trial') or '-'} | {esc(r['label'])} | {esc(r['task'])} ({r['metric']}) | {r['n']} "
+                     f"| {cell(r, False).rsplit(' (', 1)[0]} | {r['val_mean']:.1f} |")
     return "\n".join(lines)
 
 
@@ -92,7 +99,7 @@ def cost(groups: pd.DataFrame) -> str:
     lines = ["| method | task | " + " | ".join(COST) + " |", "|---" * (len(COST) + 2) + "|"]
     for _, r in groups.iterrows():
         cells = ["-" if pd.isna(r[k]) else f"{r[k]:,.1f}" if r[k] >= 10 else f"{r[k]:.3g}" for k in COST]
-        lines.append(f"| {r['label']} | {r['task']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {esc(r['label'])} | {esc(r['task'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -104,6 +111,6 @@ def pruned(runs: pd.DataFrame) -> str:
              "| trial | study | task | pruned at step | best val before (x100) |", "|---|---|---|---|---|"]
     for trial, g in runs.groupby("trial", sort=True):
         val = g["val"].astype(float).mean() * 100
-        lines.append(f"| {trial} | {g['study'].iloc[0] or '-'} | {g['task'].iloc[0]} ({g['val_key'].iloc[0]}) "
+        lines.append(f"| {esc(trial)} | {esc(g['study'].iloc[0] or '-')} | {g['task'].iloc[0]} ({g['val_key'].iloc[0]}) "
                      f"| {int(g['pruned_step'].iloc[0])} | {val:.1f} |")
     return "\n".join(lines)
