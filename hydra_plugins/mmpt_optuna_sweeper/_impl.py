@@ -105,8 +105,8 @@ class OptunaSweep:
 
     def _space(self) -> dict:
         """hydra.sweeper.params; a whole `hydra.sweeper.params={...}` on the command line alone: it
-        replaces a preset's space, where Hydra would merge the two (`hydra.sweeper.params.KEY=...`
-        adds or changes one key)."""
+        replaces a preset's space, where Hydra would merge the two (a sweep override on the
+        command line, `method.rank=choice(4,8)`, changes one key of it: sweep() adds those)."""
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         given = [str(o) for o in self.config.hydra.overrides.get("hydra", [])]
