@@ -58,3 +58,6 @@ def test_a_search_space_given_whole_on_the_command_line_replaces_the_presets():
     assert sweeper(preset())._space() == {"optimizer.groups.adapters.lr": "tag(log, interval(1e-5, 1e-2))",
                                           "method.rank": "choice(4, 8, 16)"}
     assert sweeper(preset("hydra.sweeper.params={method.rank:'choice(4,8)'}"))._space() == {"method.rank": "choice(4,8)"}
+    # keys the preset's space has not: `++` (Hydra's struct hydra config), replaced all the same
+    other = sweeper(preset("++hydra.sweeper.params={optimizer.groups.adapters.weight_decay:'choice(0.0,0.1)'}"))
+    assert other._space() == {"optimizer.groups.adapters.weight_decay": "choice(0.0,0.1)"}

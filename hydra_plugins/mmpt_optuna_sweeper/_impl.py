@@ -35,6 +35,7 @@ from typing import Any
 import optuna
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus
+from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, IntDistribution
@@ -205,9 +206,13 @@ class OptunaSweep:
             try:
                 with self._heartbeat([t._trial_id for t in batch], storage):
                     returns = self.launcher.launch(overrides, initial_job_idx=batch[0].number)
-            except BaseException:  # e.g. Ctrl-C: these trials will not finish
+            except BaseException as e:  # e.g. Ctrl-C: these trials will not finish
                 for t in batch:
                     study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
+                if isinstance(e, ConfigCompositionException):  # every trial would fail the same way
+                    raise ConfigError("hydra.sweeper.params", f"trial {batch[0].number}'s values do not fit the "
+                                      f"config ({_cause(e)}): a search space over another method's keys? "
+                                      "hparams_search presets select theirs; name the method it needs") from None
                 raise
             self._tell(study, batch, returns, len(directions))
             ran += len(batch)
