@@ -61,3 +61,15 @@ def test_a_search_space_given_whole_on_the_command_line_replaces_the_presets():
     # keys the preset's space has not: `++` (Hydra's struct hydra config), replaced all the same
     other = sweeper(preset("++hydra.sweeper.params={optimizer.groups.adapters.weight_decay:'choice(0.0,0.1)'}"))
     assert other._space() == {"optimizer.groups.adapters.weight_decay": "choice(0.0,0.1)"}
+
+
+def test_the_plugin_module_hydra_imports_at_every_start_imports_no_optuna_torch_or_sqlalchemy():
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c",
+                           "import hydra_plugins.mmpt_optuna_sweeper.resumable_optuna_sweeper, mmpt.storage"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "hydra_plugins.mmpt_optuna_sweeper.resumable_optuna_sweeper" in imported
+    assert not imported & {"optuna", "torch", "sqlalchemy"}
