@@ -1,7 +1,7 @@
 """A study shared by two sweep processes on a real PostgreSQL server, the database clusters use.
 
-CI (.ci/run) starts the server with scripts/postgres.sh and passes its URL (no password in it) in
-MMPT_TEST_POSTGRES_URL and libpq's password file in PGPASSFILE; without them (a developer's machine) this module starts and stops a
+CI (.ci/run) starts the server with scripts/postgres.sh and passes its URL (no password in it: the
+script puts it in libpq's password file, $PGPASSFILE or ~/.pgpass) in MMPT_TEST_POSTGRES_URL; without it (a developer's machine) this module starts and stops a
 server of its own with the same script, or is skipped where PostgreSQL cannot be run. In CI a
 missing URL fails instead: the test is never skipped there."""
 import json
@@ -35,23 +35,26 @@ def postgres_url(tmp_path_factory):
     """The server's URL with its password in it (tests take it out where they need it out)."""
     url = os.environ.get("MMPT_TEST_POSTGRES_URL")
     if url:
-        yield with_password(url, os.environ.get("PGPASSFILE"))
+        yield with_password(url, os.environ.get("PGPASSFILE") or os.path.expanduser("~/.pgpass"))
         return
     if os.environ.get("CI"):
         pytest.fail("CI runs without MMPT_TEST_POSTGRES_URL: .ci/run starts scripts/postgres.sh and sets it")
     # a server of its own, in a new folder directly under /tmp (the server's user must reach it)
     server = Path(tempfile.gettempdir()) / f"mmpt-pg-test-{uuid.uuid4().hex[:8]}"
-    env, script = {**os.environ, "MMPT_PG_DIR": str(server)}, ["bash", str(ROOT / "scripts" / "postgres.sh")]
+    pgpass = server.with_name(server.name + ".pgpass")  # this server's password file, not the user's
+    env = {**os.environ, "MMPT_PG_DIR": str(server), "PGPASSFILE": str(pgpass)}
+    script = ["bash", str(ROOT / "scripts" / "postgres.sh")]
     proc = subprocess.run([*script, "start"], env=env, capture_output=True, text=True, timeout=600)
     try:
         if proc.returncode != 0:
             pytest.skip(f"no PostgreSQL server here: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
-        lines = proc.stdout.strip().splitlines()  # `export PGPASSFILE=FILE`, then the URL without password
-        assert lines[-2].startswith("export PGPASSFILE=") and not make_url(lines[-1]).password
-        yield with_password(lines[-1], lines[-2].split("=", 1)[1])
+        url = proc.stdout.strip().splitlines()[-1]
+        assert not make_url(url).password and f"password is in {pgpass}" in proc.stdout
+        yield with_password(url, str(pgpass))
     finally:
         subprocess.run([*script, "stop"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(server, ignore_errors=True)
+        pgpass.unlink(missing_ok=True)
 
 
 def test_two_workers_share_a_study_on_postgresql_and_never_print_its_password(postgres_url, tmp_path):
