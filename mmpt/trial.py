@@ -1,4 +1,4 @@
-"""A hyperparameter-search trial as its job sees it, and the Optuna storages both sides open.
+"""A hyperparameter-search trial as its job sees it (the storages both sides open: mmpt/storage.py).
 
 mmpt's sweeper (hydra_plugins/mmpt_optuna_sweeper) gives every job its trial through the job's
 overrides (`+hydra.sweeper.trial=<number>`, and the study's name), because jobs may run in other
@@ -15,19 +15,13 @@ Optuna is imported inside functions only: mmpt runs without the sweep extra.
 import functools
 import logging
 import math
-import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from mmpt.engine import distributed
-from mmpt.errors import ConfigError
+from mmpt.storage import first_line, open_storage
 
 log = logging.getLogger(__name__)
-
-STORAGE_KEY = "hydra.sweeper.storage"
-CONNECT_TIMEOUT_S = 10  # a database server that does not answer is an error, not a hang
-SQLITE_BUSY_S = 60      # how long a SQLite write waits for another process's write
 
 # In-memory studies by name: the basic launcher runs jobs in the sweeper's own process, the only
 # place an in-memory study can be reached from. The sweeper registers its study here.
@@ -39,111 +33,6 @@ class Pruned:
     """What a pruned trial's job returns to the sweeper instead of its value."""
     step: int                   # the step of the report that was pruned
     value: float | None = None  # the optimized metric of the best evaluation before it
-
-
-def masked(url) -> str:
-    """The storage URL with its password replaced by ***, for log lines and error messages."""
-    if url is None:
-        return "in memory"
-    url = str(url)
-    if url.startswith("journal:"):
-        return url
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy can parse: show none of what follows the scheme
-        return url.split("://", 1)[0] + "://***"
-
-
-def journal_path(url: str) -> Path:
-    """journal:///PATH -> PATH; slashes as in SQLite URLs (journal:////abs/path is absolute)."""
-    if not url.startswith("journal:///"):
-        raise ConfigError(STORAGE_KEY, f"{url!r}: a journal file is journal:///RELATIVE/PATH or "
-                          "journal:////ABSOLUTE/PATH (three slashes, then the path)")
-    return Path(url[len("journal:///"):])
-
-
-def open_storage(url):
-    """The Optuna storage behind a `hydra.sweeper.storage` value (None: a new in-memory one).
-
-    Accepted: null (in memory), sqlite:///FILE, journal:///FILE (Optuna's JournalStorage on a
-    file: clusters with a shared filesystem and no database server) and any SQLAlchemy URL
-    (postgresql://, mysql+pymysql://, ...). A server that does not answer within
-    CONNECT_TIMEOUT_S, a missing directory or a missing driver is a ConfigError naming the key,
-    with the password masked.
-    """
-    import optuna
-
-    if url is None:
-        return optuna.storages.InMemoryStorage()
-    url = str(url)
-    if url.startswith("journal:"):
-        path = journal_path(url)
-        if not path.parent.is_dir():
-            raise ConfigError(STORAGE_KEY, f"the journal file's directory {path.parent.resolve()} does not exist")
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-    import sqlalchemy
-    from sqlalchemy.engine import make_url
-
-    try:
-        backend = make_url(url).get_backend_name()
-    except sqlalchemy.exc.ArgumentError:
-        raise ConfigError(STORAGE_KEY, f"{masked(url)!r} is not a storage: expected null (in memory), "
-                          "sqlite:///FILE, journal:///FILE or a database URL (postgresql://USER@HOST/DB)") from None
-    if backend == "sqlite":
-        database = make_url(url).database
-        if database and database != ":memory:" and not Path(database).resolve().parent.is_dir():
-            raise ConfigError(STORAGE_KEY, f"the SQLite file's directory {Path(database).resolve().parent} "
-                              "does not exist")
-        # sqlite3 in autocommit mode, so that the listener below decides how transactions begin
-        connect_args = {"timeout": SQLITE_BUSY_S, "isolation_level": None}
-    elif backend in ("postgresql", "mysql", "mariadb"):
-        connect_args = {"connect_timeout": CONNECT_TIMEOUT_S}
-    else:
-        connect_args = {}
-    try:
-        storage = _rdb_storage(url, connect_args)
-    except ImportError as e:
-        raise ConfigError(STORAGE_KEY, f"no database driver for {masked(url)} ({e}); PostgreSQL's "
-                          "(psycopg, for postgresql://) comes with mmpt's sweep extra, others are installed "
-                          "apart (e.g. pip install pymysql for mysql+pymysql://)") from None
-    except Exception as e:  # sqlalchemy's OperationalError and the like: the server is not there
-        raise ConfigError(STORAGE_KEY, f"{masked(url)} cannot be reached: {_first_line(e, url)}") from None
-    if backend == "sqlite":
-        # Optuna reads a trial, then writes it (popping a queued grid point, failing a stale trial).
-        # Two deferred SQLite transactions doing that at once deadlock and one fails with
-        # "database is locked"; BEGIN IMMEDIATE takes the write lock first, so workers queue.
-        sqlalchemy.event.listen(storage.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
-    return storage
-
-
-def _rdb_storage(url: str, connect_args: dict):
-    """RDBStorage(url). Workers that start together on a new database race to create its tables:
-    the losers see "table ... already exists" or a duplicate schema-version row, and try again."""
-    import optuna
-    import sqlalchemy
-
-    for attempt in range(4):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": connect_args})
-        except sqlalchemy.exc.DatabaseError as e:
-            raced = isinstance(e, sqlalchemy.exc.IntegrityError) or "already exists" in str(e)
-            if not raced or attempt == 3:
-                raise
-            time.sleep(0.5 + random.random())
-
-
-def _first_line(e: Exception, url: str) -> str:
-    text = str(getattr(e, "orig", None) or e).strip().splitlines()
-    line = text[0] if text else type(e).__name__
-    try:
-        from sqlalchemy.engine import make_url
-
-        password = make_url(url).password
-    except Exception:
-        password = None
-    return line.replace(password, "***") if password else line
 
 
 class TrialReporter:
@@ -166,7 +55,7 @@ class TrialReporter:
             prune = self.trial.should_prune()
         except Exception as e:  # the storage went away, or the trial was failed as stale: train on
             log.warning("trial %d: reporting to the study failed (%s); the trial goes on unpruned",
-                        self.number, _first_line(e, ""))
+                        self.number, first_line(e, ""))
             self.failed = True
             return False
         if prune:

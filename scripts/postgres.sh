@@ -2,11 +2,13 @@
 # A local PostgreSQL server for shared-study tests and CI. It listens on 127.0.0.1 and on a unix
 # socket in its own directory, nowhere else.
 #   bash scripts/postgres.sh start   # installs Debian's postgresql if missing (as root), starts the
-#                                    # server; its last line is the study storage's SQLAlchemy URL
+#                                    # server, puts its password in libpq's password file and prints,
+#                                    # last, the study storage's URL, which holds no password
 #   bash scripts/postgres.sh url     # that URL, while the server runs
 #   bash scripts/postgres.sh stop    # stops the server (its data stays for the next start)
 # MMPT_PG_DIR (default /tmp/mmpt-postgres) holds the data, the socket, the log, the port and a
-# password made at the first start (database and role `mmpt`).
+# password made at the first start (database and role `mmpt`). The password file is $PGPASSFILE,
+# default ~/.pgpass (mode 600): its line for this server is `127.0.0.1:PORT:*:mmpt:PASSWORD`.
 set -euo pipefail
 dir=${MMPT_PG_DIR:-/tmp/mmpt-postgres}
 data=$dir/data
@@ -34,9 +36,16 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# url: the server's line put in libpq's password file (any older line for its port replaced), a
+# line saying so, then the URL without password
 url() {
   [[ -f $dir/port && -f $dir/password ]] || die "no server in $dir: run start first"
-  echo "postgresql://mmpt:$(cat "$dir/password")@127.0.0.1:$(cat "$dir/port")/mmpt"
+  local pgpass=${PGPASSFILE:-$HOME/.pgpass} port; port=$(cat "$dir/port")
+  (umask 077; touch "$pgpass")
+  { grep -v "^127\.0\.0\.1:$port:" "$pgpass" || true; echo "127.0.0.1:$port:*:mmpt:$(cat "$dir/password")"; } >"$pgpass.tmp"
+  chmod 600 "$pgpass.tmp" && mv "$pgpass.tmp" "$pgpass"
+  echo "# the password is in $pgpass (libpq's password file), not in the URL"
+  echo "postgresql://mmpt@127.0.0.1:$port/mmpt"
 }
 
 running() { [[ -d $data ]] && as_owner "$(bindir)/pg_ctl" -D "$data" status >/dev/null 2>&1; }

@@ -102,3 +102,13 @@ def test_known_options_sweep_values_and_extra_config_dirs_pass_the_option_check(
     refuse_unknown_options(finetune_conf, ["hparams_search=mttl_finetune"])
     with pytest.raises(SystemExit):
         refuse_unknown_options(conf, ["hparams_search=mttl_finetune"])
+
+
+def test_trial_values_that_do_not_fit_the_config_stop_the_sweep_in_one_line(tmp_path):
+    """Every trial of such a space would fail alike (a preset's space over another method's keys)."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    proc = run("++hydra.sweeper.params={nosuch: 'choice(1,2)'}", f"hydra.sweeper.storage={url}",
+               "hydra.sweeper.study_name=s", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    line = one_line_error(proc, "hydra.sweeper.params")
+    assert "trial 0's values do not fit the config" in line and "nosuch" in line
+    assert [t.state.name for t in optuna.load_study(study_name="s", storage=url).trials] == ["FAIL"]

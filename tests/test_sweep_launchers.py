@@ -48,6 +48,9 @@ def test_submitit_local_executor_runs_a_batch_of_trials(tmp_path):
         assert metrics[metrics["optimized_metric_key"]] == pytest.approx(t.value)  # came back from the submitit job
         assert sorted(t.intermediate_values) == [2, 4]  # and the job reported to its trial through the storage
     assert (tmp_path / "sweep" / ".submitit").is_dir()  # its jobs' files: they ran through submitit
+    assert list((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))  # the trials' logs, where README says
+    for t in study.trials:  # the sweep says when each trial is done (its log is elsewhere)
+        assert f"trial {t.number} finished: {t.value}" in proc.stdout + proc.stderr
 
 
 def test_trainer_threads_sets_torch_threads_and_a_bad_value_is_refused_before_anything_is_written(tmp_path):

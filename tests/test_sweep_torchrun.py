@@ -20,11 +20,22 @@ SWEEP = ["model=llama_tiny", "method=lora", "method.dropout=0.0", "dataset=cb", 
          "hparams_search=lora", "hydra.sweeper.sampler.seed=0", "hydra.sweeper.study_name=s"]
 
 
-def sweep(tmp_path, name: str, procs: int, *more, sweep_dir=None, db=True) -> subprocess.CompletedProcess:
+# sitecustomize for the sweep's processes: each SQLite connection a rank > 0 opens, one line in a file
+WATCH_SQLITE = """import os, sys
+if os.environ.get("RANK", "0") != "0":
+    def _hook(event, args):
+        if event == "sqlite3.connect":
+            with open(os.environ["MMPT_TEST_SQLITE_LOG"], "a") as f:
+                f.write(f"rank {os.environ['RANK']} connected to {args[0]}\\n")
+    sys.addaudithook(_hook)
+"""
+
+
+def sweep(tmp_path, name: str, procs: int, *more, sweep_dir=None, db=True, env=None) -> subprocess.CompletedProcess:
     cmd = [sys.executable] + (["-m", "torch.distributed.run", f"--nproc_per_node={procs}"] if procs > 1 else [])
     storage = [f"hydra.sweeper.storage=sqlite:///{tmp_path / name}.db"] if db else []  # else in memory
     return subprocess.run([*cmd, "train.py", "-m", *SWEEP, *storage, f"hydra.sweep.dir={sweep_dir or tmp_path / name}",
-                           *more], cwd=ROOT, env=ENV, capture_output=True,
+                           *more], cwd=ROOT, env={**ENV, **(env or {})}, capture_output=True,
                           text=True, timeout=420)  # a rank left waiting for the others ends here, not in a hang
 
 
@@ -41,9 +52,16 @@ def test_an_fsdp_sweep_under_torchrun_runs_each_trial_once_like_one_process(tmp_
     proc = sweep(tmp_path, "one", 1, "hydra.sweeper.n_trials=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     # a sweep dir each process resolves at its own microsecond: the trials go to rank 0's
+    # rank 1 never reports to the trial (rank 0 alone does, and decides for both): it never opens the study
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(WATCH_SQLITE)
+    watch = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
+             "MMPT_TEST_SQLITE_LOG": str(tmp_path / "rank1_sqlite.log")}
     proc = sweep(tmp_path, "fsdp", 2, "hydra.sweeper.n_trials=2", "trainer.strategy=fsdp",
-                 sweep_dir=f"{tmp_path}/fsdp/${{now:%H-%M-%S-%f}}")
+                 sweep_dir=f"{tmp_path}/fsdp/${{now:%H-%M-%S-%f}}", env=watch)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    connected = (tmp_path / "rank1_sqlite.log").read_text() if (tmp_path / "rank1_sqlite.log").exists() else ""
+    assert "fsdp.db" not in connected, connected
     (fsdp_dir,) = (tmp_path / "fsdp").iterdir()
     one, fsdp = study(tmp_path, "one"), study(tmp_path, "fsdp")
     assert [t.state.name for t in fsdp] == ["COMPLETE", "COMPLETE"]

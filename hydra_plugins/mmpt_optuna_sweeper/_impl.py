@@ -24,7 +24,6 @@ What it does beyond a plain ask-launch-tell loop:
   them. Their jobs run in the sweep's processes, so only the basic launcher goes with it.
 Bad settings fail in one line naming the key, before any trial is asked.
 """
-import contextlib
 import json
 import logging
 import os
@@ -34,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus
+from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, IntDistribution
@@ -46,8 +45,10 @@ from optuna.trial import TrialState
 from mmpt import trial as job_side
 from mmpt.engine import distributed
 from mmpt.errors import ConfigError
+from mmpt.storage import masked, open_storage
 
 from . import heartbeat, search_space
+from .study import open_study, refuse_foreign_folders
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ def _int(key: str, value, low: int, none_ok: bool = False):
 
 class OptunaSweep:
     def __init__(self, sampler, pruner, direction, storage, study_name, n_trials, n_jobs, max_failure_rate,
-                 params=None, custom_search_space=None, max_trials=None, heartbeat=None, **unknown):
+                 params=None, custom_search_space=None, max_trials=None, heartbeat=None, load_if_exists=True,
+                 **unknown):
         if unknown:  # e.g. hydra-optuna-sweeper's deprecated search_space
             raise ConfigError(f"hydra.sweeper.{sorted(unknown)[0]}", "not a key of mmpt's Optuna sweeper "
                               "(the search space goes under hydra.sweeper.params)")
@@ -80,6 +82,7 @@ class OptunaSweep:
             raise ConfigError("hydra.sweeper.max_failure_rate", f"expected a share in [0, 1], got {max_failure_rate!r}")
         self.max_failure_rate = float(max_failure_rate)
         self.params, self.custom = params or {}, custom_search_space
+        self.load_if_exists = load_if_exists
         hb = heartbeat or {}
         self.beat_every = _int("hydra.sweeper.heartbeat.interval", hb.get("interval"), 1, none_ok=True)
         grace = _int("hydra.sweeper.heartbeat.grace_period", hb.get("grace_period"), 1, none_ok=True)
@@ -100,6 +103,19 @@ class OptunaSweep:
         if not names or any(d not in ("minimize", "maximize") for d in names):
             raise ConfigError("hydra.sweeper.direction", f"expected minimize, maximize or a list of them, got {raw!r}")
         return names
+
+    def _space(self) -> dict:
+        """hydra.sweeper.params; a whole `hydra.sweeper.params={...}` on the command line alone: it
+        replaces a preset's space, where Hydra would merge the two (a sweep override on the
+        command line, `method.rank=choice(4,8)`, changes one key of it: sweep() adds those)."""
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        given = [str(o) for o in self.config.hydra.overrides.get("hydra", [])]
+        for o in reversed(OverridesParser.create().parse_overrides(given)):
+            if o.key_or_group == "hydra.sweeper.params" and not o.is_delete() and isinstance(o.value(), dict):
+                log.info("the search space is hydra.sweeper.params from the command line (a preset's is replaced)")
+                return o.value()
+        return dict(self.params)
 
     def _is_grid(self) -> bool:
         return self.sampler_cfg.get("_target_") == "optuna.samplers.GridSampler"
@@ -151,7 +167,7 @@ class OptunaSweep:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         directions = self._directions()
-        params = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        params = [f"{k}={v}" for k, v in self._space().items()] + list(arguments)
         space, fixed = search_space.parse(params)
         points = search_space.grid_points(space) if self._is_grid() else None
         pruner = self._pruner()
@@ -159,40 +175,57 @@ class OptunaSweep:
         self._sampler(0)  # a bad sampler fails here, before any trial
         if self._follower():  # torchrun rank > 0: rank 0 opens the study and hands out the trials
             return self._follow()
-        storage = job_side.open_storage(self.url)
-        self._refuse_foreign_folders()
-        study, created = self._open_study(storage, directions, pruner)
+        storage = open_storage(self.url)
+        refuse_foreign_folders(self.config, self.sweep_dir, self.url, self.study_name)
+        study, created = open_study(self.url, storage, self.study_name, directions, self.load_if_exists,
+                                    sampler=self._sampler(0), pruner=pruner)
         if self.url is None:  # jobs run in this process (basic launcher): they find the study here
             job_side.IN_PROCESS[study.study_name] = storage
         if points is not None:
             self._queue_grid(study, points, created)
         stale = self._fail_stale(study)
         log.info("Optuna study %s (%s): %d trials so far%s; this worker runs up to %d, %d at a time%s, with %s%s",
-                 study.study_name, job_side.masked(self.url), len(study.trials),
+                 study.study_name, masked(self.url), len(study.trials),
                  f", {stale} stale (a killed worker's) failed" if stale else "", self.n_trials, self.n_jobs,
                  f" (study cap {self.max_trials})" if self.max_trials else "",
                  "a grid" if points is not None else self.sampler_cfg.get("_target_", "").rsplit(".", 1)[-1],
                  "" if isinstance(pruner, optuna.pruners.NopPruner) else f" and {type(pruner).__name__}")
+        self._say_if_capped(study)
         ran = 0
         while ran < self.n_trials:
             if ran:
                 self._fail_stale(study)
             batch = self._ask(study, min(self.n_jobs, self.n_trials - ran), space, fixed, first=ran == 0)
             if not batch:
+                if self.max_trials is not None and not self._is_grid():
+                    log.info("the study holds max_trials=%d trials: this worker stops after %d of its %d",
+                             self.max_trials, ran, self.n_trials)
                 break
             overrides = [self._overrides(t, fixed, study.study_name) for t in batch]
             distributed.broadcast_object((overrides, batch[0].number))  # torchrun: the other ranks run it too
             try:
                 with self._heartbeat([t._trial_id for t in batch], storage):
                     returns = self.launcher.launch(overrides, initial_job_idx=batch[0].number)
-            except BaseException:  # e.g. Ctrl-C: these trials will not finish
+            except BaseException as e:  # e.g. Ctrl-C: these trials will not finish
                 for t in batch:
                     study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
+                if isinstance(e, ConfigCompositionException):  # every trial would fail the same way
+                    raise ConfigError("hydra.sweeper.params", f"trial {batch[0].number}'s values do not fit the "
+                                      f"config ({_cause(e)}): a search space over another method's keys? "
+                                      "hparams_search presets select theirs; name the method it needs") from None
                 raise
             self._tell(study, batch, returns, len(directions))
             ran += len(batch)
         distributed.broadcast_object(None)  # torchrun: the other ranks are done
         self._write_results(study, len(directions))
+
+    def _say_if_capped(self, study) -> None:
+        trials = study.get_trials(deepcopy=False)
+        cap = self.max_trials
+        if cap is not None and len(trials) >= cap and self.n_trials and not any(
+                t.state == TrialState.WAITING and t.number < cap for t in trials):
+            log.warning("study %s already holds max_trials=%d trials: nothing to run (raise "
+                        "hydra.sweeper.max_trials to run more)", study.study_name, cap)
 
     def _follower(self) -> bool:
         """Whether this process is a rank > 0 of a torchrun sweep (refusing launchers that would
@@ -213,24 +246,6 @@ class OptunaSweep:
         while (sent := distributed.broadcast_object(None)) is not None:
             overrides, first = sent
             self.launcher.launch(overrides, initial_job_idx=first)
-
-    def _open_study(self, storage, directions, pruner):
-        """(the study, whether this worker created it): several workers may race to create it."""
-        kwargs = dict(study_name=self.study_name, storage=storage, sampler=self._sampler(0), pruner=pruner)
-        study, created = None, False
-        if self.study_name is not None:
-            with contextlib.suppress(KeyError):
-                study = optuna.load_study(**kwargs)
-        if study is None:
-            try:
-                study, created = optuna.create_study(directions=directions, **kwargs), True
-            except optuna.exceptions.DuplicatedStudyError:
-                study = optuna.load_study(**kwargs)
-        have = [d.name.lower() for d in study.directions]
-        if have != directions:
-            raise ConfigError("hydra.sweeper.direction", f"study {study.study_name} in {job_side.masked(self.url)} "
-                              f"is {have}, not {directions}")
-        return study, created
 
     def _queue_grid(self, study, points: list[dict], created: bool) -> None:
         """Queue the grid points no trial of the study has, once (see the module docstring)."""
@@ -319,6 +334,7 @@ class OptunaSweep:
         for trial, ret in zip(batch, returns):
             if ret.status == JobStatus.COMPLETED and isinstance(ret.return_value, job_side.Pruned):
                 study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+                log.info("trial %d finished: PRUNED at step %d", trial.number, ret.return_value.step)
                 continue
             values = None
             if ret.status == JobStatus.COMPLETED:
@@ -333,9 +349,11 @@ class OptunaSweep:
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
                 failures.append(ret)
                 if ret.status != JobStatus.COMPLETED:
-                    log.warning("trial %d failed: %s", trial.number, _cause(ret._return_value))
+                    log.warning("trial %d finished: FAIL, %s", trial.number, _cause(ret._return_value))
             else:
                 study.tell(trial, values, skip_if_finished=True)
+                log.info("trial %d finished: %s with %s", trial.number, values[0] if n_objectives == 1 else values,
+                         trial.params)
         if failures and len(failures) / len(returns) > self.max_failure_rate:
             log.error("%d of %d trials of the batch failed (hydra.sweeper.max_failure_rate=%s)", len(failures),
                       len(returns), self.max_failure_rate)
@@ -350,7 +368,7 @@ class OptunaSweep:
         for t in study.get_trials(deepcopy=False):
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
         results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name,
-                                   "storage": job_side.masked(self.url), "trials": counts}
+                                   "storage": masked(self.url), "trials": counts}
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if complete and n_objectives == 1:
             best = study.best_trial
@@ -361,30 +379,12 @@ class OptunaSweep:
             results["solutions"] = [{"params": t.params, "values": t.values} for t in study.best_trials]
         else:
             log.info("no trial of study %s has completed (%s)", study.study_name,
-                     ", ".join(f"{n} {k}" for k, n in counts.items()))
+                     ", ".join(f"{n} {k}" for k, n in counts.items()) or "it has no trials")
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         path = self.sweep_dir / "optimization_results.yaml"
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # other workers may write it too
         OmegaConf.save(OmegaConf.create(results), tmp)
         os.replace(tmp, path)
-
-    def _refuse_foreign_folders(self) -> None:
-        """Stop before a trial would write into a folder of another study (numbered trial folders)."""
-        subdir = str(OmegaConf.to_container(self.config.hydra.sweep, resolve=False).get("subdir"))
-        if "hydra.sweeper.trial" not in subdir and "hydra.job.num" not in subdir:
-            return
-        taken = []
-        for hydra_yaml in self.sweep_dir.glob("*/.hydra/hydra.yaml") if self.sweep_dir.is_dir() else []:
-            if not hydra_yaml.parent.parent.name.isdigit():
-                continue
-            sweeper = ((yaml.safe_load(hydra_yaml.read_text()) or {}).get("hydra") or {}).get("sweeper") or {}
-            # an in-memory study restarts its numbers at 0: any trial folder would be overwritten
-            if self.url is None or (sweeper.get("study_name"), sweeper.get("storage")) != (self.study_name, self.url):
-                taken.append(int(hydra_yaml.parent.parent.name))
-        if taken:
-            raise ConfigError("hydra.sweep.dir", f"{self.sweep_dir} already holds trial folder(s) {sorted(taken)[:10]} "
-                              "of another study; use a new sweep dir, or the same hydra.sweeper.storage and "
-                              "study_name to continue that study")
 
 
 def _suggest(trial, name: str, d) -> None:

@@ -11,6 +11,7 @@
 A grid (hydra/sweeper/sampler=grid) takes choice() and range() only: its points are their values.
 """
 import itertools
+import math
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -39,7 +40,8 @@ def _distribution(override: Override) -> BaseDistribution:
     if override.is_choice_sweep():
         return CategoricalDistribution(_values(override))
     if override.is_range_sweep():
-        values = _values(override)
+        values = _range_values(value) if isinstance(value.step, float) or isinstance(value.start, float) \
+            else _values(override)
         if not values:
             raise ConfigError(_key(name), f"{override.get_value_element_as_str()} is empty")
         if value.shuffle:
@@ -54,6 +56,15 @@ def _distribution(override: Override) -> BaseDistribution:
         return FloatDistribution(float(value.start), float(value.end), log=log)
     raise ConfigError(_key(name), f"{override.get_value_element_as_str()} is not a search space: use choice(), "
                       "range(), interval() or tag(log, interval())")
+
+
+def _range_values(r) -> list[float]:
+    """A float range's values, stop excluded as in Python: Hydra adds up the step, so
+    range(0.1, 0.4, 0.1) would end at 0.30000000000000004 and then 0.4 (4 values, not 3)."""
+    start, stop, step = float(r.start), float(r.stop), float(r.step)
+    n = max(0, math.ceil((stop - start) / step - 1e-9))
+    # 12 significant digits: 0.1 + 2 * 0.1 is the point 0.3, not 0.30000000000000004
+    return [float(f"{start + i * step:.12g}") for i in range(n)]
 
 
 def parse(arguments: list[str]) -> tuple[dict[str, BaseDistribution], dict[str, Any]]:
