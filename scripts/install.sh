@@ -18,7 +18,7 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 #    quantization (bitsandbytes) extras. hydra-optuna-sweeper (pinned to optuna<3) is no longer
 #    used: mmpt's plugin took over its YAML.
 .venv/bin/python -m pip uninstall --quiet --yes hydra-optuna-sweeper 2>/dev/null || true
-"${pip[@]}" -e ".[sweep,dev,quant]"
+"${pip[@]}" -e ".[sweep,dev,quant,eval]"
 # 4. promptsource pins Python < 3.10 and old UI packages it does not need at import.
 "${pip[@]}" --no-deps --ignore-requires-python promptsource==0.2.3
 echo "$want" >"$stamp"

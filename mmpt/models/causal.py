@@ -96,6 +96,17 @@ class CausalLM(TextToText):
         The prompt runs once per example with a cache; the cache is repeated for the C choices,
         which are scored in one pass on top of it.
         """
+        tok, _, aux = self.choice_tokens(batch)
+        scores = tok.sum(-1)
+        if length_norm:  # as on T5: longer choices sum more negative terms
+            valid = batch["choice_ids"] != -100
+            scores = scores / valid.sum(-1).clamp(min=1).float() ** length_norm
+        return scores.masked_fill(~batch["choice_mask"], float("-inf")), aux
+
+    @torch.no_grad()
+    def choice_tokens(self, batch):
+        """([B, C, T] log-probability of every choice token (0 at pads), [B, C] whether each choice
+        is the greedy continuation, aux), scored as `score` does (mmpt.evaluate's loglikelihood)."""
         kw, aux = self.method.prepare(batch, self.backbone)
         prefix = kw.get("mmpt_prefix")
         mask = kw["attention_mask"]
@@ -120,11 +131,8 @@ class CausalLM(TextToText):
                 h = self._states(step)
             logp = torch.cat([logp, self._head(h).log_softmax(-1)], 1)
         tok = logp.gather(-1, ids[..., None]).squeeze(-1) * valid
-        scores = tok.sum(-1)
-        if length_norm:  # as on T5: longer choices sum more negative terms
-            scores = scores / valid.sum(-1).clamp(min=1).float() ** length_norm
-        scores = scores.view(b, c)
-        return scores.masked_fill(~batch["choice_mask"], float("-inf")), aux
+        greedy = ((logp.argmax(-1) == ids) | ~valid).all(-1)
+        return tok.view(b, c, t), greedy.view(b, c), aux
 
     @torch.no_grad()
     def generate(self, batch, max_new_tokens: int = 10):

@@ -59,6 +59,17 @@ class Seq2SeqModel(TextToText):
         The encoder runs once per example; its states are repeated for the C choices, which the
         decoder scores in one teacher-forced pass.
         """
+        tok, _, aux = self.choice_tokens(batch)
+        scores = tok.sum(-1)
+        if length_norm:  # longer choices sum more negative terms (T-Few / MTTL's length_norm)
+            valid = batch["choice_ids"] != -100
+            scores = scores / valid.sum(-1).clamp(min=1).float() ** length_norm
+        return scores.masked_fill(~batch["choice_mask"], float("-inf")), aux
+
+    @torch.no_grad()
+    def choice_tokens(self, batch):
+        """([B, C, T] log-probability of every choice token (0 at pads), [B, C] whether each choice
+        is the greedy decoding, aux), scored as `score` does (mmpt.evaluate's loglikelihood)."""
         kw, aux = self.method.prepare(batch, self.backbone)
         prefix = kw.pop("mmpt_prefix", None)
         choices = batch["choice_ids"]
@@ -75,11 +86,8 @@ class Seq2SeqModel(TextToText):
         logp = logits.float().log_softmax(-1)
         valid = labels != -100
         tok = logp.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1) * valid
-        scores = tok.sum(-1)
-        if length_norm:  # longer choices sum more negative terms (T-Few / MTTL's length_norm)
-            scores = scores / valid.sum(-1).clamp(min=1).float() ** length_norm
-        scores = scores.view(b, c)
-        return scores.masked_fill(~batch["choice_mask"], float("-inf")), aux
+        greedy = ((logp.argmax(-1) == labels) | ~valid).all(-1)
+        return tok.view(b, c, t), greedy.view(b, c), aux
 
     @torch.no_grad()
     def generate(self, batch, max_new_tokens: int = 10):
