@@ -85,7 +85,8 @@ def load(dataset: str, **meta) -> datasets.DatasetDict:
     task = get_task(dataset)
     data_dir = meta.get("data_dir") or (run_cfg.paths.get("data_dir") if run_cfg is not None else None)
     examples = task.read("validation", resolve_data_dir(data_dir))
-    length = max_length_of(dataset, run_cfg)
+    # plain lm_eval on a run with another dataset.max_length: --metadata '{"mmpt_max_length": N}'
+    length = int(meta.get("mmpt_max_length") or max_length_of(dataset, run_cfg))
     eos = tokenizer.eos_token if tokenizer is not None else ""
     choices = [v.strip() + eos for v in task.verbalizers]
     rows = [{"id": ex.id, "text": truncate(ex.text, tokenizer, length, causal), "label": ex.label,
