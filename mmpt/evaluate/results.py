@@ -44,10 +44,15 @@ def merge(old: dict, new: dict) -> dict:
     return out
 
 
-def _json(obj) -> str:
+def _serializable():
+    """lm-eval's own fallback for what json cannot write (numpy numbers, functions in configs)."""
     from lm_eval.utils import handle_non_serializable
 
-    return json.dumps(obj, indent=2, default=handle_non_serializable, ensure_ascii=False)
+    return handle_non_serializable
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, indent=2, default=_serializable(), ensure_ascii=False)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -73,11 +78,6 @@ def save_samples(run_dir, samples: dict, base: bool = False) -> None:
     folder = Path(run_dir) / EVAL_DIR / ("base" if base else "")
     stamp = time.strftime("%Y-%m-%dT%H-%M-%S")
     for task, rows in samples.items():
-        lines = [json.dumps(row, default=_plain, ensure_ascii=False) for row in rows]
+        lines = [json.dumps(row, default=_serializable(), ensure_ascii=False) for row in rows]
         write_atomic(folder / f"samples_{task}_{stamp}.jsonl", "\n".join(lines) + "\n")
 
-
-def _plain(obj):
-    from lm_eval.utils import handle_non_serializable
-
-    return handle_non_serializable(obj)
