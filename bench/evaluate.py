@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--run", type=Path, help="an existing LoRA run (default: train one)")
     args = ap.parse_args()
+    import torch
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
@@ -63,7 +64,8 @@ def main() -> None:
     manager = TaskManager(include_path=[str(TASKS_DIR)], include_defaults=False, metadata={"mmpt_run": str(run)})
     t_ours, c_ours, acc_ours = timed(ours, task, manager, args.repeat)
     base = str(peft_dir / "base_model")
-    hf = HFLM(pretrained=base, peft=str(peft_dir), add_bos_token=False, batch_size=args.batch)
+    hf = HFLM(pretrained=base, peft=str(peft_dir), add_bos_token=False, batch_size=args.batch,
+              device="cuda" if torch.cuda.is_available() else "cpu")
     plain = TaskManager(include_path=[str(TASKS_DIR)], include_defaults=False, metadata={"pretrained": base})
     t_hf, c_hf, acc_hf = timed(hf, task, plain, args.repeat)
     n = len(c_ours)

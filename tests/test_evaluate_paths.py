@@ -31,7 +31,7 @@ def test_plain_lm_eval_on_the_peft_export_agrees(runs, method, tmp_path):
     # <tasks dir> --metadata '{"mmpt_max_length": 48}'` builds (its model_args become the metadata)
     meta = {"pretrained": base, "peft": str(peft_dir), "add_bos_token": False, "mmpt_max_length": 48}
     plain = simple_evaluate(model="hf", model_args={k: meta[k] for k in ("pretrained", "peft", "add_bos_token")},
-                            tasks=["mmpt_cb"], log_samples=True, batch_size=8,
+                            tasks=["mmpt_cb"], log_samples=True, batch_size=8, device="cpu",
                             task_manager=TaskManager(include_path=[str(TASKS_DIR)], include_defaults=False, metadata=meta))
     a, b = ([lls(r) for r in sorted(x["samples"]["mmpt_cb"], key=lambda r: r["doc_id"])] for x in (ours, plain))
     assert len(a) == len(b) == 56

@@ -12,7 +12,6 @@ with one) is the decoder's target, lm-eval's seq2seq convention. Scoring batches
 scores all continuations of a context on top of it (scoring.py).
 """
 from lm_eval.api.model import LM
-from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from mmpt.data.collate import leading_specials
@@ -22,8 +21,9 @@ from mmpt.evaluate.load import open_model
 DEFAULT_GEN_TOKENS = 256
 
 
-@register_model("mmpt")
 class MmptLM(LM):
+    # Not put in lm-eval's model registry: registering a model before lm-eval has loaded its own
+    # (lazily) hides them (`model="hf"` then fails in the same process). Hand the object over.
     def __init__(self, model, task_id: int = 0, batch_size: int = 16, device: str | None = None):
         super().__init__()
         import torch
@@ -45,15 +45,6 @@ class MmptLM(LM):
         lm = cls(model, index, batch_size, device)
         lm.run_dir = str(run.path)
         return lm
-
-    @classmethod
-    def create_from_arg_string(cls, arg_string, additional_config=None):
-        """`--model mmpt --model_args run=DIR[,task_id=NAME,base=True]` (in-process registration)."""
-        from lm_eval.utils import simple_parse_args_string
-
-        args = simple_parse_args_string(arg_string)
-        extra = {k: v for k, v in (additional_config or {}).items() if k in ("batch_size", "device") and v}
-        return cls.from_run(args.pop("run"), **args, **extra)
 
     # -- encoding --
     def _ids(self, text: str) -> list[int]:
