@@ -50,6 +50,18 @@ def samples(run: Path, task: str, base: bool = False) -> list[dict]:
     return sorted(rows, key=lambda r: r["doc_id"])
 
 
+def mmpt_scores(model, dataset, n, task_id, max_length):
+    """[n, C] mmpt's own rank scores of the first n test examples (its data layer, task id `task_id`)."""
+    from mmpt.data.collate import EncodedSplit, collate
+    from mmpt.data.splits import resolve_data_dir
+    from mmpt.data.tasks import get_task
+
+    task = get_task(dataset)
+    examples = task.read("validation", resolve_data_dir(None))[:n]
+    split = EncodedSplit(examples, model.tokenizer, max_length, task.verbalizers, task_id=task_id)
+    return model.score(collate([split[i] for i in range(len(examples))], split.pad_id))[0]
+
+
 def lls(row: dict) -> list[float]:
     """The log-likelihood lm-eval got for each choice of a sample."""
     return [float(r[0]) for r in row["filtered_resps"]]

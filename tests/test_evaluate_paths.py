@@ -9,10 +9,7 @@ import torch
 from lm_eval import simple_evaluate
 from lm_eval.tasks import TaskManager
 
-from evaluate_helpers import lls, runs, samples, train_run  # noqa: F401  (runs: a fixture)
-from mmpt.data.collate import EncodedSplit, collate
-from mmpt.data.splits import resolve_data_dir
-from mmpt.data.tasks import get_task
+from evaluate_helpers import lls, mmpt_scores, runs, samples, train_run  # noqa: F401  (runs: a fixture)
 from mmpt.evaluate import TASKS_DIR
 from mmpt.evaluate.__main__ import main, task_manager
 from mmpt.evaluate.lm import MmptLM
@@ -37,14 +34,6 @@ def test_plain_lm_eval_on_the_peft_export_agrees(runs, method, tmp_path):
     assert len(a) == len(b) == 56
     assert torch.tensor(a).sub(torch.tensor(b)).abs().max() < 1e-4
     assert ours["results"]["mmpt_cb"]["acc,none"] == plain["results"]["mmpt_cb"]["acc,none"]
-
-
-def mmpt_scores(model, dataset, n, task_id, max_length):
-    """[n, C] mmpt's own rank scores of the first n test examples, with task id `task_id`."""
-    task = get_task(dataset)
-    examples = task.read("validation", resolve_data_dir(None))[:n]
-    split = EncodedSplit(examples, model.tokenizer, max_length, task.verbalizers, task_id=task_id)
-    return model.score(collate([split[i] for i in range(n)], split.pad_id))[0]
 
 
 @pytest.fixture(scope="module")

@@ -89,24 +89,13 @@ class CausalLM(TextToText):
         return -logp.sum() / (batch["labels"] != -100).sum().clamp(min=1), aux
 
     @torch.no_grad()
-    def score(self, batch, length_norm: float = 0):
-        """[B, C] summed log-likelihood of every choice; -inf where an example has fewer choices.
-        length_norm > 0 divides each sum by (the choice's tokens, EOS included) ** length_norm.
+    def choice_tokens(self, batch):
+        """([B, C, T] log-probability of every choice token (0 at pads), [B, C] whether each choice
+        is the greedy continuation, aux): what `score` (TextToText) sums.
 
         The prompt runs once per example with a cache; the cache is repeated for the C choices,
         which are scored in one pass on top of it.
         """
-        tok, _, aux = self.choice_tokens(batch)
-        scores = tok.sum(-1)
-        if length_norm:  # as on T5: longer choices sum more negative terms
-            valid = batch["choice_ids"] != -100
-            scores = scores / valid.sum(-1).clamp(min=1).float() ** length_norm
-        return scores.masked_fill(~batch["choice_mask"], float("-inf")), aux
-
-    @torch.no_grad()
-    def choice_tokens(self, batch):
-        """([B, C, T] log-probability of every choice token (0 at pads), [B, C] whether each choice
-        is the greedy continuation, aux), scored as `score` does (mmpt.evaluate's loglikelihood)."""
         kw, aux = self.method.prepare(batch, self.backbone)
         prefix = kw.get("mmpt_prefix")
         mask = kw["attention_mask"]
