@@ -42,7 +42,8 @@ def poly_mix(tmp_path_factory):
     out = tmp_path_factory.mktemp("poly_mix") / "run"
     return train_run(out, ["model=llama_tiny", "method=poly_lora", "dataset=glue_mix", "dataset.tasks=[rte,cb]",
                            "dataset.max_eval_per_task=8", "dataset.max_length=48", "method.n_skills=2",
-                           "optimizer.groups.routing.lr=0.5", "trainer.max_steps=2", "trainer.eval_every=2",
+                           "optimizer.groups.routing.lr=0.5", "optimizer.groups.adapters.lr=0.1",
+                           "trainer.max_steps=4", "trainer.eval_every=4",
                            "trainer.batch_size=4"])
 
 
@@ -53,7 +54,7 @@ def test_a_multi_task_poly_run_scores_with_the_routing_of_the_named_task(poly_mi
     own = mmpt_scores(model, "cb", 12, 1, 48)  # cb is task id 1 of [rte, cb]
     other = mmpt_scores(model, "cb", 12, 0, 48)
     assert (own - other).abs().max() > 1e-3  # the two tasks' routings give other scores
-    assert (got - own).abs().max() < 1e-5
+    assert (got - own).abs().max() < 1e-4
 
 
 def test_a_multi_task_poly_run_needs_a_task_it_has(poly_mix, capsys):
