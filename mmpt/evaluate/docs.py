@@ -26,8 +26,9 @@ DEFAULT_MAX_LENGTH = 128  # conf/dataset/*.yaml's value where a dataset sets non
 
 
 def max_length_of(dataset: str, run_cfg=None) -> int:
-    """The run's dataset.max_length for its own dataset, else the dataset's default config."""
-    if run_cfg is not None and run_cfg.dataset.get("name") == dataset:
+    """The run's dataset.max_length for its own dataset (or one of its mixture's), else the
+    dataset's default config."""
+    if run_cfg is not None and dataset in [run_cfg.dataset.get("name"), *(run_cfg.dataset.get("tasks") or [])]:
         return int(run_cfg.dataset.max_length)
     conf = CONF / f"{dataset}.yaml"
     return int(OmegaConf.load(conf).get("max_length", DEFAULT_MAX_LENGTH)) if conf.is_file() else DEFAULT_MAX_LENGTH
