@@ -15,10 +15,11 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # 2. promptsource's import needs pkg_resources, which setuptools 82 removed.
 "${pip[@]}" "setuptools<82" wheel
 # 3. mmpt itself, editable, with the sweep extra (Optuna 5, launchers, dashboard), the test, the
-#    quantization (bitsandbytes) and the docs (MkDocs + Material) extras. hydra-optuna-sweeper
-#    (pinned to optuna<3) is no longer used: mmpt's plugin took over its YAML.
+#    quantization (bitsandbytes), the eval (lm-evaluation-harness) and the docs (MkDocs + Material)
+#    extras. hydra-optuna-sweeper (pinned to optuna<3) is no longer used: mmpt's plugin took over
+#    its YAML.
 .venv/bin/python -m pip uninstall --quiet --yes hydra-optuna-sweeper 2>/dev/null || true
-"${pip[@]}" -e ".[sweep,dev,quant,docs]"
+"${pip[@]}" -e ".[sweep,dev,quant,eval,docs]"
 # 4. promptsource pins Python < 3.10 and old UI packages it does not need at import.
 "${pip[@]}" --no-deps --ignore-requires-python promptsource==0.2.3
 echo "$want" >"$stamp"

@@ -89,9 +89,9 @@ class CausalLM(TextToText):
         return -logp.sum() / (batch["labels"] != -100).sum().clamp(min=1), aux
 
     @torch.no_grad()
-    def score(self, batch, length_norm: float = 0):
-        """[B, C] summed log-likelihood of every choice; -inf where an example has fewer choices.
-        length_norm > 0 divides each sum by (the choice's tokens, EOS included) ** length_norm.
+    def choice_tokens(self, batch):
+        """([B, C, T] log-probability of every choice token (0 at pads), [B, C] whether each choice
+        is the greedy continuation, aux): what `score` (TextToText) sums.
 
         The prompt runs once per example with a cache; the cache is repeated for the C choices,
         which are scored in one pass on top of it.
@@ -120,11 +120,8 @@ class CausalLM(TextToText):
                 h = self._states(step)
             logp = torch.cat([logp, self._head(h).log_softmax(-1)], 1)
         tok = logp.gather(-1, ids[..., None]).squeeze(-1) * valid
-        scores = tok.sum(-1)
-        if length_norm:  # as on T5: longer choices sum more negative terms
-            scores = scores / valid.sum(-1).clamp(min=1).float() ** length_norm
-        scores = scores.view(b, c)
-        return scores.masked_fill(~batch["choice_mask"], float("-inf")), aux
+        greedy = ((logp.argmax(-1) == ids) | ~valid).all(-1)
+        return tok.view(b, c, t), greedy.view(b, c), aux
 
     @torch.no_grad()
     def generate(self, batch, max_new_tokens: int = 10):

@@ -41,6 +41,20 @@ class TextToText(nn.Module):
     def _routing(self, batch, repeat: int = 1):
         return self.method.routing(batch, repeat)
 
+    @torch.no_grad()
+    def score(self, batch, length_norm: float = 0):
+        """[B, C] summed log-likelihood of every choice; -inf where an example has fewer choices.
+        length_norm > 0 divides each sum by (the choice's tokens, EOS included) ** length_norm.
+        The family's `choice_tokens` gives the token log-probabilities (T5: one encoder pass per
+        example; causal LMs: one prompt pass with a cache, repeated over the choices).
+        """
+        tok, _, aux = self.choice_tokens(batch)
+        scores = tok.sum(-1)
+        if length_norm:  # longer choices sum more negative terms (T-Few / MTTL's length_norm)
+            valid = batch["choice_ids"] != -100
+            scores = scores / valid.sum(-1).clamp(min=1).float() ** length_norm
+        return scores.masked_fill(~batch["choice_mask"], float("-inf")), aux
+
 
 class Seq2SeqModel(TextToText):
 
@@ -52,9 +66,9 @@ class Seq2SeqModel(TextToText):
         return out.loss, aux
 
     @torch.no_grad()
-    def score(self, batch, length_norm: float = 0):
-        """[B, C] summed log-likelihood of every choice; -inf where an example has fewer choices.
-        length_norm > 0 divides each sum by (the choice's tokens, EOS included) ** length_norm.
+    def choice_tokens(self, batch):
+        """([B, C, T] log-probability of every choice token (0 at pads), [B, C] whether each choice
+        is the greedy decoding, aux): what `score` sums.
 
         The encoder runs once per example; its states are repeated for the C choices, which the
         decoder scores in one teacher-forced pass.
@@ -75,11 +89,8 @@ class Seq2SeqModel(TextToText):
         logp = logits.float().log_softmax(-1)
         valid = labels != -100
         tok = logp.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1) * valid
-        scores = tok.sum(-1)
-        if length_norm:  # longer choices sum more negative terms (T-Few / MTTL's length_norm)
-            scores = scores / valid.sum(-1).clamp(min=1).float() ** length_norm
-        scores = scores.view(b, c)
-        return scores.masked_fill(~batch["choice_mask"], float("-inf")), aux
+        greedy = ((logp.argmax(-1) == labels) | ~valid).all(-1)
+        return tok.view(b, c, t), greedy.view(b, c), aux
 
     @torch.no_grad()
     def generate(self, batch, max_new_tokens: int = 10):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from mmpt.errors import MMPTError
-from mmpt.report import plots, tables
+from mmpt.report import evaluated, plots, tables
 from mmpt.report.runs import collect, sweep_best
 from mmpt.report.stats import compare, group
 
@@ -59,6 +59,7 @@ def report(roots: list[Path], out: Path, baseline: str | None) -> str:
     lines += [INTRO, ""]
     if not main.empty:
         lines += [tables.wide(main, marks=bool(baseline)), ""]
+        lines += evaluated.section(runs, main, roots)  # python -m mmpt.evaluate's tasks, forgetting
     if baseline:
         lines += [f"## Paired comparison with {baseline}", "",
                   f"Per task, each row minus {baseline} over the seeds both ran (same seed = same data order "

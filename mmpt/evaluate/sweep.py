@@ -1,0 +1,49 @@
+"""Which runs a folder holds: itself (a finished run) or the finished runs under it (a sweep)."""
+import json
+from pathlib import Path
+
+from mmpt.errors import MMPTError
+from mmpt.runs import CONFIG, open_run
+
+
+def _metrics(run: Path) -> dict | None:
+    try:
+        return json.loads((run / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def finished_runs(folder: Path) -> tuple[list[Path], list[str], bool]:
+    """(runs to score, a line for each run skipped, whether `folder` is a sweep). A single run
+    must be finished (open_run's one-line errors); in a sweep, pruned, failed and unfinished runs
+    are skipped and said so, and a sweep with no finished run at all is an error."""
+    if (folder / CONFIG).is_file():
+        open_run(folder, "mmpt.evaluate")
+        return [folder], [], False
+    runs, skipped = [], []
+    for cfg in sorted(folder.rglob(CONFIG.as_posix())):
+        run = cfg.parent.parent
+        metrics = _metrics(run)
+        if metrics is None:
+            skipped.append(f"{run}: skipped (no metrics.json: failed, killed or still running)")
+        elif metrics.get("pruned") is True:
+            skipped.append(f"{run}: skipped (pruned by the sweep)")
+        elif not (run / "checkpoints" / "best").is_dir():
+            skipped.append(f"{run}: skipped (no checkpoints/best)")
+        elif "finetune_type" in (_config_keys(cfg)):
+            skipped.append(f"{run}: skipped (a finetune.py run; mmpt.evaluate takes train.py runs)")
+        else:
+            runs.append(run)
+    if not runs:
+        raise MMPTError(f"{folder}: no finished train.py run in it or under it ({len(skipped)} skipped); "
+                        "expected a run folder (.hydra/config.yaml, checkpoints/best, metrics.json)")
+    return runs, skipped, True
+
+
+def _config_keys(cfg: Path) -> set:
+    import yaml
+
+    try:
+        return set(yaml.safe_load(cfg.read_text()) or {})
+    except (OSError, yaml.YAMLError):
+        return set()
