@@ -6,6 +6,7 @@ and the expert's LoRA output of a token x is scaled by sigmoid(x . v). Only the 
 no weight decay, linear warmup then decay), everything else stays frozen. The gates of all experts
 go into the library's cache (phatgoose.GATES), where finetune_type=phatgoose reads them.
 """
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from mmpt.library.store import LibraryError, who
 from mmpt.methods.adapters import LoRALinear, Wrapped
 from mmpt.recipes.common import load_data
 from mmpt.runs import load_model, open_run
+
+LOSS = "loss"  # train_gates' last training loss, beside the gates
 
 
 @dataclass
@@ -85,8 +88,8 @@ def add_gates(model, targets: list) -> dict:
     return gates
 
 
-def train_gates(model, data, targets: list, opts: GateOptions, bar=None) -> dict:
-    """{module: v [d_in]} after opts.steps steps on `data`'s training split."""
+def train_gates(model, data, targets: list, opts: GateOptions) -> dict:
+    """{module: v [d_in]} after opts.steps steps on `data`'s training split (and LOSS: the last loss)."""
     set_seed(opts.seed)
     gates = add_gates(model, targets)
     device = distributed.device()
@@ -102,12 +105,18 @@ def train_gates(model, data, targets: list, opts: GateOptions, bar=None) -> dict
             sched.step()
             optim.zero_grad()
             step += 1
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
             if step >= opts.steps:
                 break
         epoch += 1
-    return {m: v.detach().float().cpu().view(-1) for m, v in gates.items()}
+    return {**{m: v.detach().float().cpu().view(-1) for m, v in gates.items()}, LOSS: loss.item()}
+
+
+def expert_bar(total: int):
+    """A bar on a terminal; otherwise one line on stderr per expert trained (not throttled)."""
+    if sys.stderr.isatty() or not distributed.is_main():
+        return progress.bar(total, "phatgoose gates", enabled=distributed.is_main())
+    return progress.Lines(total, "phatgoose gates", emit=lambda text: print(text, file=sys.stderr, flush=True),
+                          interval_s=0, fraction=0)
 
 
 def library_gates(lib, opts: GateOptions = GateOptions()) -> dict:
@@ -118,11 +127,12 @@ def library_gates(lib, opts: GateOptions = GateOptions()) -> dict:
     for row in lib.experts:
         open_expert(lib, row, opts)
     per = []
-    with progress.bar(len(lib.names), "phatgoose gates", enabled=distributed.is_main()) as bar:
+    with expert_bar(len(lib.names)) as bar:
         for row in lib.experts:
             bar.set_postfix(expert=row["name"])
             model, data = open_expert(lib, row, opts)
-            per.append(train_gates(model, data, lib.compat["targets"], opts, bar))
+            per.append(train_gates(model, data, lib.compat["targets"], opts))
+            bar.set_postfix(expert=row["name"], loss=f"{per[-1].pop(LOSS):.3f}")
             bar.update(1)
     gates = {m: torch.stack([p[m] for p in per]) for m in lib.compat["targets"]}
     return lib.cached(GATES, lambda: gates)
