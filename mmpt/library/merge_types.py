@@ -13,7 +13,7 @@ from mmpt.library.methods import Merged
 from mmpt.library.registry import LIBRARY_TYPES, block, method_cfg, option
 
 
-@dataclass
+@dataclass(frozen=True)
 class MergeOptions:
     """experts.merge: what every PEFT merge type reads beyond density and majority_sign."""
     weight: float = 1.0     # each expert's weight (PEFT's `weights`; TIES' lambda): 1 = the sum / disjoint mean as given
@@ -22,10 +22,12 @@ class MergeOptions:
 
 
 @dataclass
-class DensityOptions:
-    """The flat keys the merges read (ties kept their meaning: density of ΔW entries per module)."""
+class MergeTypeOptions:
+    """What the merge types read: the flat keys of earlier mmpt's ties (same meaning: density of ΔW
+    entries per module) and their own block, experts.merge."""
     density: float = 0.2          # share of each expert's entries kept: by magnitude (ties, magnitude_prune), at random (dare_*)
     majority_sign: str = "total"  # ties, dare_ties: each entry's elected sign: of the sum (total) | of the sign count (frequency)
+    merge: MergeOptions = MergeOptions()
 
 
 def merge_options(opts, name: str) -> dict:
@@ -48,7 +50,7 @@ def _register(name: str):
         deltas = lib.cached(cache_key(name, **o), lambda: merge(lib.lora_stack(), name, **o))
         return Merged(method_cfg(name, **o), backbone, info, lib, deltas)
     setup.__name__ = name
-    LIBRARY_TYPES.register(("lora", name), config=DensityOptions, trains=())(setup)
+    LIBRARY_TYPES.register(("lora", name), config=MergeTypeOptions, trains=())(setup)
 
 
 for _name in MERGES:

@@ -18,11 +18,17 @@ from mmpt.library.store import LibraryError
 GATES = "phatgoose_gates"  # the cache entry: {module: [E, d_in]}, experts in index order
 
 
-@dataclass
+@dataclass(frozen=True)
 class PhatgooseOptions:
     """experts.phatgoose (mttl's PhatgooseSelectorConfig defaults)."""
     top_k: int = 2               # experts mixed per token and layer
     router_temp: float = -1.0    # logits divided by this; <= 0: by sqrt(d_in)
+
+
+@dataclass
+class PhatgooseTypeOptions:
+    """What finetune_type=phatgoose reads: its own block, experts.phatgoose."""
+    phatgoose: PhatgooseOptions = PhatgooseOptions()
 
 
 class PhatgooseLinear(RoutedLinear):
@@ -56,7 +62,7 @@ def trained_gates(lib) -> dict:
     return gates
 
 
-@LIBRARY_TYPES.register(("lora", "phatgoose"), config=PhatgooseOptions, trains=())
+@LIBRARY_TYPES.register(("lora", "phatgoose"), config=PhatgooseTypeOptions, trains=())
 def phatgoose(lib, opts, backbone, info):
     o = block(opts, "phatgoose", PhatgooseOptions())
     n = len(lib.names)

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 class ArrowOptions:
     top_k: int = 4              # experts mixed per token and layer (Ostapenko et al. 2024: k = 4)
     temperature: float = 1.0    # softmax temperature over the top-k |<x, prototype>|
+    general: tuple = ()         # GenKnowSub's general experts (gks.py); conf/finetune.yaml's []
 
 
 @dataclass
