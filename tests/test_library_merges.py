@@ -91,3 +91,13 @@ def test_bad_merge_options_are_one_line_naming_the_key(opts, key):
 def test_an_unknown_merge_is_refused_listing_the_merges():
     with pytest.raises(ConfigError, match="dare_ties"):
         merge_options(OmegaConf.create({"density": 0.2, "majority_sign": "total"}), "dare_mean")
+
+
+def test_bad_merge_options_are_refused_before_the_run_dir(lib, tmp_path):  # noqa: F811
+    from conftest import compose_cfg
+    from mmpt.recipes import finetune
+    cfg = compose_cfg([f"library={lib.path}", "dataset=cb", "finetune_type=dare_ties", "experts.density=1.5"],
+                      config_name="finetune", run_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match="experts.density"):
+        finetune(cfg)
+    assert not (tmp_path / "run").exists()

@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.nn import functional as F
 
-from conftest import load_run
+from conftest import compose_cfg, load_run
+from mmpt.recipes import finetune
 from mmpt.library import Library, LibraryError
 from mmpt.library.__main__ import main as cli
 from mmpt.library.extract import build
@@ -125,7 +126,12 @@ def test_gates_for_an_expert_whose_task_data_is_gone_are_refused_naming_it(runs,
     assert not (lib.path / "cache").exists()
 
 
-def test_phatgoose_without_gates_is_one_line(runs, tmp_path):  # noqa: F811
+def test_phatgoose_without_gates_is_one_line_before_the_run_dir(runs, tmp_path):  # noqa: F811
     lib = Library(build(tmp_path / "lib", [runs["cb"]]))
     with pytest.raises(LibraryError, match="python -m mmpt.library gates"):
         fine(lib, "phatgoose")
+    cfg = compose_cfg([f"library={lib.path}", "dataset=cb", "finetune_type=phatgoose"], config_name="finetune",
+                      run_dir=tmp_path / "run")
+    with pytest.raises(LibraryError, match="no PhatGOOSE gates"):
+        finetune(cfg)
+    assert not (tmp_path / "run").exists()

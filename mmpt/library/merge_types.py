@@ -50,7 +50,8 @@ def _register(name: str):
         deltas = lib.cached(cache_key(name, **o), lambda: merge(lib.lora_stack(), name, **o))
         return Merged(method_cfg(name, **o), backbone, info, lib, deltas)
     setup.__name__ = name
-    LIBRARY_TYPES.register(("lora", name), config=MergeTypeOptions, trains=())(setup)
+    LIBRARY_TYPES.register(("lora", name), config=MergeTypeOptions, trains=(),
+                           check=lambda lib, opts: merge_options(opts, name))(setup)
 
 
 for _name in MERGES:

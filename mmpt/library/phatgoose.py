@@ -62,12 +62,19 @@ def trained_gates(lib) -> dict:
     return gates
 
 
-@LIBRARY_TYPES.register(("lora", "phatgoose"), config=PhatgooseTypeOptions, trains=())
-def phatgoose(lib, opts, backbone, info):
+def phatgoose_options(lib, opts) -> tuple:
+    """(top_k, router_temp), checked; refused when the library has no gates yet."""
     o = block(opts, "phatgoose", PhatgooseOptions())
-    n = len(lib.names)
     top_k = option(o, "top_k", lambda v: isinstance(v, int) and 1 <= v, "an integer >= 1", "experts.phatgoose")
     temp = option(o, "router_temp", lambda v: isinstance(v, (int, float)), "a number", "experts.phatgoose")
+    trained_gates(lib)
+    return top_k, temp
+
+
+@LIBRARY_TYPES.register(("lora", "phatgoose"), config=PhatgooseTypeOptions, trains=(), check=phatgoose_options)
+def phatgoose(lib, opts, backbone, info):
+    top_k, temp = phatgoose_options(lib, opts)
+    n = len(lib.names)
     gates = trained_gates(lib)
     cfg = method_cfg("phatgoose", top_k=min(top_k, n), router_temp=float(temp))
     return Phatgoose(cfg, backbone, info, lib, lib.lora_stack(), gates)

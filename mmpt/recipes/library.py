@@ -44,8 +44,10 @@ def finetune(cfg) -> dict:
     if cfg.get("pretrained"):
         raise ConfigError("library", "set pretrained= (a train.py run) or library= (a library), not both")
     lib, ftype = Library(cfg.library), cfg.get("finetune_type")
-    setup_of(lib.kind, ftype)  # before the run dir is made
+    entry = setup_of(lib.kind, ftype)  # before the run dir is made, as are the option checks below
     gks.check(lib, ftype, (cfg.get("experts") or {}).get("general"))
+    if "check" in entry.extra:
+        entry.extra["check"](lib, cfg.get("experts") or {})
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     with open_dict(cfg):
