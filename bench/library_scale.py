@@ -97,6 +97,7 @@ def main():
                          "phatgoose ex/s": f"{r['phatgoose ex/s']:.0f} ({r['phatgoose ex/s'] / r['lora ex/s']:.2f}x)",
                          "arrow adapter MB": f"{r['arrow MB']:.1f} ({r['arrow MB'] / (n * one):.2f}x E x one)",
                          "peak MB over one LoRA": f"{grown:.0f} ({grown / (n * one):.1f}x E x one)"})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # each size as it is done
     print(f"expert libraries at scale, mini T5 shape (random weights), LoRA rank 8 on q, v; eval = rank "
           f"scoring of batch {BATCH}, source {SOURCE} tokens, 2 choices; one LoRA {base['lora MB']:.2f} MB, "
           f"one-LoRA process peak {base['peak MB']:.0f} MB; {machine()}\n")
