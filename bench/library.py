@@ -2,6 +2,7 @@
 eval throughput of each library finetune_type against one plain LoRA, on random LoRA experts.
 
     python bench/library.py [--shape mini|t5-small|t5-base] [--experts 4 8] [--batch 16] [--source 64]
+    python bench/library.py --scale [8 64 256]     # arrow and phatgoose at scale (bench/library_scale.py)
 
 Random weights (only cost matters, not scores). The default `mini` shape (a 4+4-layer T5, width
 256) runs in under 2 minutes on 2 CPU cores; t5-small / t5-base take several.
@@ -23,6 +24,7 @@ from mmpt.data import get_task  # noqa: E402
 from mmpt.engine import checkpoint  # noqa: E402
 from mmpt.library import Library  # noqa: E402
 from mmpt.library.extract import build  # noqa: E402
+from mmpt.library.phatgoose import GATES  # noqa: E402
 from mmpt.library.types import types_of  # noqa: E402
 from mmpt.recipes.library import prepare_library_model  # noqa: E402
 from mmpt.methods.adapters import Wrapped  # noqa: E402
@@ -75,7 +77,15 @@ def adapter_mb(model) -> float:
     return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
 
 
+def random_gates(lib) -> dict:
+    g = torch.Generator().manual_seed(0)
+    return {m: torch.randn(len(lib.names), A.shape[-1], generator=g) for m, (A, _) in lib.lora_stack().items()}
+
+
 def main():
+    if "--scale" in sys.argv or "--scale-worker" in sys.argv:
+        from bench.library_scale import main as scale
+        return scale()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="mini", choices=sorted(SHAPES))
     ap.add_argument("--experts", type=int, nargs="+", default=[4, 8])
@@ -99,6 +109,7 @@ def main():
             start = time.perf_counter()
             lib = Library(build(tmp / f"lib{n}", runs[:n]))
             built = time.perf_counter() - start
+            lib.cached(GATES, lambda: random_gates(lib))  # what `mmpt.library gates` would store
             for ftype in types_of("lora"):
                 times = []
                 for _ in range(2):  # the first load computes prototypes / merges, the second reads the cache

@@ -21,7 +21,9 @@ from mmpt.library import types as lib_types
 from mmpt.recipes import library as lib_recipe
 from mmpt.library.__main__ import main as cli
 from mmpt.library.extract import build
-from mmpt.library.methods import ArrowLinear, DeltaLinear, prototype, ties_merge, uniform_merge
+from mmpt.library import merge_types
+from mmpt.library.merges import merge
+from mmpt.library.methods import ArrowLinear, DeltaLinear, prototype, uniform_merge
 from mmpt.models import build_model
 
 SMALL = ["model=t5_tiny", "model.d_model=32", "model.d_ff=64", "model.d_kv=8", "model.dropout=0.0"]
@@ -254,6 +256,10 @@ def test_uniform_is_the_mean_of_the_updates(lib):
             assert torch.allclose(m(x), m.base(x) + x @ want.T, atol=1e-5)
 
 
+def ties_merge(stack, density, sign):
+    return merge(stack, "ties", density, sign)
+
+
 def test_ties_matches_a_hand_computed_merge():
     # three rank-1 updates of a [1, 4] weight: B = [[1]], A = the update's row
     rows = torch.tensor([[3.0, -1.0, 0.5, 2.0], [-2.0, 4.0, 1.0, -0.1], [1.0, -3.0, -0.2, -2.5]])
@@ -304,10 +310,10 @@ def test_prototypes_and_merges_are_cached_and_reused(lib, monkeypatch):
     assert {p.name for p in (lib.path / "cache").iterdir()} >= {"arrow_prototypes.safetensors",
                                                                  "ties_d0.5_total.safetensors"}
 
-    def boom(*a):
+    def boom(*a, **kw):
         raise AssertionError("recomputed")
     monkeypatch.setattr(lib_types, "prototypes", boom)
-    monkeypatch.setattr(lib_types, "ties_merge", boom)
+    monkeypatch.setattr(merge_types, "merge", boom)
     again, _ = fine(lib, "arrow")
     fine(lib, "ties", density=0.5)
     protos = [m.protos for m in again.backbone.modules() if isinstance(m, ArrowLinear)]
@@ -319,6 +325,9 @@ def test_prototypes_and_merges_are_cached_and_reused(lib, monkeypatch):
 
 @pytest.mark.parametrize("ftype", lib_types.types_of("lora"))
 def test_each_library_type_writes_test_metrics(lib, tmp_path, ftype):
+    if ftype == "phatgoose":  # gates as `python -m mmpt.library gates` stores them (test_library_phatgoose.py trains them)
+        from mmpt.library.phatgoose import GATES
+        lib.cached(GATES, lambda: {m: torch.randn(len(lib.names), A.shape[-1]) for m, (A, _) in lib.lora_stack().items()})
     cfg = compose_cfg([f"library={lib.path}", "dataset=cb", f"finetune_type={ftype}", "k_shot=4", "seed=0",
                        "trainer.max_steps=1", "trainer.eval_batch_size=64", "dataset.max_length=64"],
                       config_name="finetune", run_dir=tmp_path)
@@ -341,7 +350,8 @@ def test_library_config_errors(lib, tmp_path):
         fine(lib, "arrow", top_k=0)
     with pytest.raises(ConfigError, match="experts.density"):
         fine(lib, "ties", density=1.5)
-    assert lib_types.types_of("lora") == ["arrow", "uniform", "ties", "weighted", "library_poly"]
+    assert lib_types.types_of("lora") == ["ties", "dare_linear", "dare_ties", "magnitude_prune", "task_arithmetic",
+                                          "phatgoose", "arrow", "uniform", "weighted", "library_poly"]
 
 
 def test_report_names_library_runs_by_type():

@@ -1,7 +1,7 @@
 """One registry style: every registered method and router has a YAML in conf/ with exactly its
 config dataclass's keys and defaults (and the reverse), the library types' options are the keys
 of finetune.py's `experts` block, and the registries refuse what they should."""
-from dataclasses import dataclass, fields, MISSING
+from dataclasses import MISSING, dataclass, fields, is_dataclass
 
 import pytest
 import yaml
@@ -16,7 +16,10 @@ from mmpt.routers import ROUTERS
 
 
 def defaults(config) -> dict:
-    return {f.name: f.default for f in fields(config) if f.default is not MISSING}
+    """A dataclass's defaults; a nested options block (a dataclass default) as its dict, a tuple as
+    the list YAML writes."""
+    out = {f.name: f.default for f in fields(config) if f.default is not MISSING}
+    return {k: defaults(v) if is_dataclass(v) else list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
 def yaml_of(group: str, name: str) -> dict:

@@ -1,4 +1,4 @@
-"""Methods over a library of LoRA experts: Arrow routing, merges (uniform, TIES), learned weights.
+"""Methods over a library of LoRA experts: Arrow routing, merged updates, learned weights.
 
 Each wraps the library's target Linears of a fresh backbone. The experts' A [E, r, d_in] and
 B [E, d_out, r] (B already times alpha / r: expert e adds B_e A_e x) are frozen buffers; what is
@@ -6,10 +6,8 @@ derived from them (Arrow prototypes, merged updates) is computed once per librar
 its directory (Library.cached).
 """
 import math
-import warnings
 
 import torch
-from peft.utils.merge_utils import ties
 from torch import nn
 
 from mmpt.engine import distributed, progress
@@ -46,19 +44,6 @@ def uniform_merge(stack: dict) -> dict:
     return {m: torch.einsum("eor,eri->oi", B.double(), A.double()).div(len(A)).float() for m, (A, B) in stack.items()}
 
 
-def ties_merge(stack: dict, density: float, majority_sign: str) -> dict:
-    """{module: [d_out, d_in]}: TIES (Yadav et al. 2023) of the experts' updates at each module:
-    keep each update's `density` share of largest-magnitude entries, elect each entry's sign, and
-    average the kept entries that agree with it (PEFT's merge_utils.ties, weights 1, lambda 1)."""
-    out = {}
-    for m, (A, B) in stack.items():
-        deltas = torch.einsum("eor,eri->eoi", B.double(), A.double())
-        with warnings.catch_warnings():  # density 1 keeps every entry; PEFT warns that it does
-            warnings.simplefilter("ignore", UserWarning)
-            out[m] = ties(list(deltas), torch.ones(len(deltas), dtype=deltas.dtype), density, majority_sign).float()
-    return out
-
-
 # -- layers --
 class DeltaLinear(Wrapped):
     """y = W x + delta x: a merged (frozen) update of the weight."""
@@ -91,31 +76,48 @@ class ExpertsLinear(Wrapped):
         return self.base(x) + torch.einsum("...er,eor->...o", z, self.B.to(x.dtype))
 
 
-class ArrowLinear(ExpertsLinear):
-    """Arrow (Ostapenko et al. 2024): each token's weights are a softmax (temperature T) over the
-    top-k |<x, prototype_e>|, the other experts 0. Eval calls count each expert's picks and weight."""
+class RoutedLinear(ExpertsLinear):
+    """Per-token routing: each token's weights are a softmax over its top-k `logits(x)`, the other
+    experts 0. Eval calls count each expert's picks and weight."""
 
-    def __init__(self, base, A, B, protos, top_k: int, temperature: float):
+    def __init__(self, base, A, B, keys, top_k: int):
         super().__init__(base, A, B)
-        self.register_buffer("protos", protos.to(base.weight.device, float_dtype(base)), persistent=False)  # [E, d_in]
-        self.top_k, self.temperature = top_k, temperature
+        self.register_buffer("keys", keys.to(base.weight.device, float_dtype(base)), persistent=False)  # [E, d_in]
+        self.top_k = top_k
         self.reset_counts()
 
     def reset_counts(self):
-        E = len(self.protos)
+        E = len(self.keys)
         self.picks, self.weight_sum, self.tokens = torch.zeros(E), torch.zeros(E), 0
 
+    def logits(self, x):
+        raise NotImplementedError
+
     def mix(self, x):
-        sim = (x @ self.protos.to(x.dtype).T).abs()  # [..., E]
-        top = sim.topk(self.top_k, dim=-1)
-        logits = torch.full_like(sim, -math.inf).scatter(-1, top.indices, top.values)
-        w = (logits / self.temperature).softmax(-1)
+        logits = self.logits(x)  # [..., E]
+        top = logits.topk(self.top_k, dim=-1)
+        w = torch.full_like(logits, -math.inf).scatter(-1, top.indices, top.values).softmax(-1)
         if not self.training:  # diagnostics of evaluations (padding positions included)
             flat = w.detach().reshape(-1, w.shape[-1]).float().cpu()
             self.picks += (flat > 0).sum(0)
             self.weight_sum += flat.sum(0)
             self.tokens += len(flat)
         return w
+
+
+class ArrowLinear(RoutedLinear):
+    """Arrow (Ostapenko et al. 2024): logits |<x, prototype_e>| / T (the keys are the prototypes)."""
+
+    def __init__(self, base, A, B, protos, top_k: int, temperature: float):
+        super().__init__(base, A, B, protos, top_k)
+        self.temperature = temperature
+
+    @property
+    def protos(self):
+        return self.keys
+
+    def logits(self, x):
+        return (x @ self.keys.to(x.dtype).T).abs() / self.temperature
 
 
 class WeightedLinear(ExpertsLinear):
@@ -153,7 +155,7 @@ class LibraryMethod(Method):
 
 
 class Merged(LibraryMethod):
-    """uniform / ties: one merged update per target module (`deltas`, from the cache)."""
+    """uniform and the PEFT merges (merge_types.py): one merged update per target module (`deltas`, from the cache)."""
 
     def __init__(self, cfg, backbone, info, library, deltas):
         self._deltas = deltas
@@ -169,9 +171,13 @@ class Merged(LibraryMethod):
 
 
 class Arrow(LibraryMethod):
-    def __init__(self, cfg, backbone, info, library, stack, protos):
+    """Per-token routing over the library's experts (Arrow; phatgoose.py's Phatgoose by its layer)."""
+    title = "Arrow"
+
+    def __init__(self, cfg, backbone, info, library, stack, protos, names=None):
         self._stack, self._protos = stack, protos
         super().__init__(cfg, backbone, info, library)
+        self.expert_names = list(names or library.names)  # GenKnowSub routes the task experts only
         self.last_choice = None  # [layers, experts] mean routing weights of the last evaluation
         self.history = []        # per evaluation: {"weight": [layers, experts], "picked": [layers, experts]}
 
@@ -203,7 +209,7 @@ class Arrow(LibraryMethod):
         return {"experts/heatmap": {
             "kind": "heatmap", "file": "expert_choice.png", "values": self.last_choice.numpy(), "rows": list(self._layers),
             "labels": {"columns": self.expert_names, "xlabel": "expert", "ylabel": "layer",
-                       "title": f"Arrow (top-{self.cfg.top_k}):\nmean routing weight", "label": "weight"},
+                       "title": f"{self.title} (top-{self.cfg.top_k}):\nmean routing weight", "label": "weight"},
             "json": {"file": "expert_choice.json",
                      "data": {"layers": list(self._layers), "experts": self.expert_names, "evals": self.history}}}}
 

@@ -231,9 +231,8 @@ class Library:
         return {m: (torch.stack([t[f"{m}.lora_A"] for t in per]), torch.stack([t[f"{m}.lora_B"] for t in per]))
                 for m in self.compat["targets"]}
 
-    def cached(self, key: str, compute) -> dict:
-        """The tensors `compute()` returns, stored once in DIR/cache/<key>.safetensors and read back
-        afterwards. A read-only library recomputes them each time (with a warning)."""
+    def stored(self, key: str) -> dict | None:
+        """DIR/cache/<key>.safetensors when it is there, whole and of this library; else None."""
         path = self.path / CACHE / f"{key}.safetensors"
         if path.is_file():
             try:
@@ -243,6 +242,15 @@ class Library:
                     return load_file(path)
             except (OSError, SafetensorError) as e:  # e.g. a write cut short: recomputed and rewritten
                 log.warning("library cache %s cannot be read (%s): recomputing it", path, tensorfile.reason(e))
+        return None
+
+    def cached(self, key: str, compute) -> dict:
+        """The tensors `compute()` returns, stored once in DIR/cache/<key>.safetensors and read back
+        afterwards. A read-only library recomputes them each time (with a warning)."""
+        found = self.stored(key)
+        if found is not None:
+            return found
+        path = self.path / CACHE / f"{key}.safetensors"
         tensors = {k: v.contiguous() for k, v in compute().items()}
         try:
             path.parent.mkdir(exist_ok=True)

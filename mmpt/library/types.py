@@ -23,38 +23,19 @@ import torch
 from omegaconf import OmegaConf
 
 from mmpt.errors import ConfigError
-from mmpt.library.methods import Arrow, Merged, Weighted, prototypes, ties_merge, uniform_merge
+from mmpt.library import gks, merge_types, phatgoose  # noqa: F401  (merge_types, phatgoose register their types)
+from mmpt.library.methods import Arrow, Merged, Weighted, prototypes, uniform_merge
 from mmpt.library.prompt_experts import KINDS, FixedPrefix, FixedPrompt, RoutedPrefixes, RoutedPrompts, stack
 from mmpt.methods.poly import PolyLoRA
-from mmpt.registry import Registry
+from mmpt.library.registry import LIBRARY_TYPES, block, method_cfg, option, setup_of, types_of  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-LIBRARY_TYPES = Registry("library type", key="finetune_type")
-
-
-def types_of(kind: str) -> list:
-    """The finetune_types a library of `kind` experts takes."""
-    return [name for k, name in LIBRARY_TYPES.names() if k == kind]
-
-
-def setup_of(kind: str, ftype: str):
-    """The registered entry of (kind, ftype); one line listing the kind's types otherwise."""
-    if (kind, ftype) not in LIBRARY_TYPES:
-        raise ConfigError("finetune_type", f"a library of {kind} experts takes one of {types_of(kind)}, got {ftype!r}")
-    return LIBRARY_TYPES.get((kind, ftype))
-
 
 @dataclass
 class ArrowOptions:
     top_k: int = 4              # experts mixed per token and layer (Ostapenko et al. 2024: k = 4)
     temperature: float = 1.0    # softmax temperature over the top-k |<x, prototype>|
-
-
-@dataclass
-class TiesOptions:
-    density: float = 0.2        # share of each expert's update entries kept, by magnitude, per module
-    majority_sign: str = "total"  # each entry's elected sign: of the summed updates | of the sign count
+    general: tuple = ()         # GenKnowSub's general experts (gks.py); conf/finetune.yaml's []
 
 
 @dataclass
@@ -74,42 +55,27 @@ class RoutedOptions:
     mask_init_std: float = 0.5
 
 
-def option(opts, key: str, ok, expected: str):
-    value = opts.get(key)
-    if isinstance(value, bool) or not ok(value):
-        raise ConfigError(f"experts.{key}", f"expected {expected}, got {value!r}")
-    return value
-
-
-def method_cfg(name: str, **keys):
-    return OmegaConf.create({"name": f"library_{name}", **keys})
-
-
 @LIBRARY_TYPES.register(("lora", "arrow"), config=ArrowOptions, trains=())
 def arrow(lib, opts, backbone, info):
-    n = len(lib.names)
+    """Arrow over the library; with `experts.general` (GenKnowSub, gks.py) over the task experts
+    minus the general experts' mean A and B."""
+    general = gks.check(lib, "arrow", opts.get("general"))
+    names, stack = gks.subtract(lib.lora_stack(), lib.names, general)
+    n = len(names)
     top_k = option(opts, "top_k", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
     temperature = option(opts, "temperature", lambda v: isinstance(v, (int, float)) and v > 0, "a number > 0")
     if top_k > n:
         log.warning("experts.top_k=%d but the library has %d experts: every expert is used", top_k, n)
-    stack = lib.lora_stack()
-    protos = lib.cached("arrow_prototypes", lambda: prototypes(stack))
-    cfg = method_cfg("arrow", top_k=min(top_k, n), temperature=float(temperature))
-    return Arrow(cfg, backbone, info, lib, stack, protos)
+    key = "arrow_prototypes" + "".join(f"_gks_{g}" for g in sorted(general))
+    protos = lib.cached(key, lambda: prototypes(stack))
+    cfg = method_cfg("arrow", top_k=min(top_k, n), temperature=float(temperature), general=general)
+    return Arrow(cfg, backbone, info, lib, stack, protos, names)
 
 
 @LIBRARY_TYPES.register(("lora", "uniform"), trains=())
 def lora_uniform(lib, opts, backbone, info):
     deltas = lib.cached("uniform", lambda: uniform_merge(lib.lora_stack()))
     return Merged(method_cfg("uniform"), backbone, info, lib, deltas)
-
-
-@LIBRARY_TYPES.register(("lora", "ties"), config=TiesOptions, trains=())
-def ties(lib, opts, backbone, info):
-    density = option(opts, "density", lambda v: isinstance(v, (int, float)) and 0 < v <= 1, "a number in (0, 1]")
-    sign = option(opts, "majority_sign", lambda v: v in ("total", "frequency"), "total or frequency")
-    deltas = lib.cached(f"ties_d{density:g}_{sign}", lambda: ties_merge(lib.lora_stack(), float(density), sign))
-    return Merged(method_cfg("ties", density=float(density), majority_sign=sign), backbone, info, lib, deltas)
 
 
 @LIBRARY_TYPES.register(("lora", "weighted"), trains=("routing",))

@@ -15,6 +15,7 @@ from mmpt.engine.logging import RunLogger
 from mmpt.engine.loop import validate_trainer
 from mmpt.engine.meta import RunMeta
 from mmpt.errors import ConfigError
+from mmpt.library import gks
 from mmpt.library.store import Library
 from mmpt.library.types import setup_of
 from mmpt.methods.base import GROUP_NAMES
@@ -43,7 +44,10 @@ def finetune(cfg) -> dict:
     if cfg.get("pretrained"):
         raise ConfigError("library", "set pretrained= (a train.py run) or library= (a library), not both")
     lib, ftype = Library(cfg.library), cfg.get("finetune_type")
-    setup_of(lib.kind, ftype)  # before the run dir is made
+    entry = setup_of(lib.kind, ftype)  # before the run dir is made, as are the option checks below
+    gks.check(lib, ftype, (cfg.get("experts") or {}).get("general"))
+    if "check" in entry.extra:
+        entry.extra["check"](lib, cfg.get("experts") or {})
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     with open_dict(cfg):
