@@ -48,6 +48,14 @@ def _closest(cfg: DictConfig, key: str) -> str:
     return ", ".join(".".join(parent + [n]) for n in near)
 
 
+def _exists(cfg: DictConfig, key: str) -> bool:
+    """Whether `key` names a node of cfg. A mandatory value (`???`, e.g. model=local's name_or_path)
+    exists: OmegaConf's select and `in` treat it as absent, so look at the parent's keys."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None, throw_on_missing=False) if parent else cfg
+    return isinstance(node, DictConfig) and leaf in node.keys()
+
+
 def unknown_key(conf_dir: Path, config_name: str, argv: list[str]) -> ConfigError | None:
     """The first `a.b=value` override of argv naming no key of the composed config, as a ConfigError."""
     split = _split(argv)
@@ -65,9 +73,8 @@ def unknown_key(conf_dir: Path, config_name: str, argv: list[str]) -> ConfigErro
         return None
     finally:
         GlobalHydra.instance().clear()
-    missing = object()
     for key in keys:
-        if OmegaConf.select(cfg, key, default=missing, throw_on_missing=False) is missing:
+        if not _exists(cfg, key):
             return ConfigError(key, f"no such key (the closest: {_closest(cfg, key)}); "
                                f"to add a new key, write +{key}=...")
     return None

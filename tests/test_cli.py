@@ -113,6 +113,8 @@ def test_a_misspelled_key_is_one_line_naming_it_and_the_closest(tmp_path, args, 
     assert err is not None and err.key == key and f"the closest: {closest}" in str(err)
     assert unknown_key(ROOT / "conf", "train", ["trainer.max_steps=3", "+trainer.extra=1", "model=t5_tiny",
                                                 "model.dropout=0"]) is None
+    # a mandatory value (`???`) is a key too: model=local's name_or_path
+    assert unknown_key(ROOT / "conf", "train", ["model=local", "model.name_or_path=/some/dir"]) is None
     if args == ["trainer.max_stepz=3"]:  # the real command: one line on stderr, exit 2, no run dir
         env = {**os.environ, "MMPT_DATA_DIR": str(DATA), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
         proc = subprocess.run([sys.executable, "train.py", *args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT,
