@@ -35,9 +35,15 @@ def finetune_run(out, args, monkeypatch) -> tuple:
     return out, scored["model"]
 
 
-def scored_on_cb(run, capsys):
-    assert main([str(run), "--tasks", "mmpt_cb", "--log-samples", "--batch-size", "8"]) == 0
-    assert "mmpt_cb" in capsys.readouterr().out  # lm-eval's table
+def scored_on_cb(folder, capsys):
+    assert main([str(folder), "--tasks", "mmpt_cb", "--log-samples", "--batch-size", "8"]) == 0
+    assert "mmpt_cb" in capsys.readouterr().out  # lm-eval's table (a run) or its line (a sweep)
+
+
+def refused(argv, capsys, want: str):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and want in err, err
 
 
 def test_a_poly_run_fine_tuned_on_cb_scores_with_its_new_row(tmp_path, monkeypatch, capsys):
@@ -51,6 +57,11 @@ def test_a_poly_run_fine_tuned_on_cb_scores_with_its_new_row(tmp_path, monkeypat
     assert open_model(run)[1] == 2  # the row Poly appended after the mixture's two tasks
     scored_on_cb(run, capsys)
     agree(run, model=model, task_id=2)
+    before = sorted(p.stat().st_mtime_ns for p in run.rglob("*"))
+    refused([str(run), "--tasks", "mmpt_cb", "--task-id", "wnli"], capsys, "finetune.py run of the one task 'cb'")
+    pre.rename(tmp_path / "moved")
+    refused([str(run), "--tasks", "mmpt_cb"], capsys, f"pretrained={pre}: no .hydra/config.yaml")
+    assert sorted(p.stat().st_mtime_ns for p in run.rglob("*")) == before  # nothing written
 
 
 def test_an_arrow_library_run_scores_as_it_routed(tmp_path, monkeypatch, capsys):
@@ -61,8 +72,8 @@ def test_an_arrow_library_run_scores_as_it_routed(tmp_path, monkeypatch, capsys)
     for n, task in enumerate(["cb", "rte", "wnli"]):
         make_run(experts / str(n), "lora", task)
     lib = build(tmp_path / "lib", [experts])
-    run, model = finetune_run(tmp_path / "arrow", [f"library={lib}", "finetune_type=arrow", "experts.top_k=1",
+    run, model = finetune_run(tmp_path / "sweep" / "arrow", [f"library={lib}", "finetune_type=arrow", "experts.top_k=1",
                                                    "k_shot=4", *CB_ARGS], monkeypatch)
     assert not (run / "checkpoints").exists()  # arrow trains nothing on T5: no checkpoint, the model as built
-    scored_on_cb(run, capsys)
+    scored_on_cb(run.parent, capsys)  # as a sweep: a finetune.py run without checkpoints/best is no skip
     agree(run, model=model, task_id=0)
