@@ -52,8 +52,8 @@ def test_a_poly_run_fine_tuned_on_cb_scores_with_its_new_row(tmp_path, monkeypat
                                        "trainer.max_steps=2", "trainer.eval_every=2", "trainer.batch_size=4",
                                        "optimizer.groups.adapters.lr=0.05"])
     run, model = finetune_run(tmp_path / "fine", [f"pretrained={pre}", "finetune_type=Poly", "k_shot=8",
-                                                  "optimizer.groups.adapters.lr=0.05", "optimizer.groups.routing.lr=0.5",
-                                                  *CB_ARGS], monkeypatch)
+                                                  "optimizer.groups.adapters.lr=0.05",
+                                                  "optimizer.groups.routing.lr=0.5", *CB_ARGS], monkeypatch)
     assert open_model(run)[1] == 2  # the row Poly appended after the mixture's two tasks
     scored_on_cb(run, capsys)
     agree(run, model=model, task_id=2)
@@ -77,3 +77,5 @@ def test_an_arrow_library_run_scores_as_it_routed(tmp_path, monkeypatch, capsys)
     assert not (run / "checkpoints").exists()  # arrow trains nothing on T5: no checkpoint, the model as built
     scored_on_cb(run.parent, capsys)  # as a sweep: a finetune.py run without checkpoints/best is no skip
     agree(run, model=model, task_id=0)
+    assert main([str(run), "--tasks", "mmpt_cb", "--base", "--limit", "3"]) == 0  # the library's backbone alone
+    assert "mmpt_cb" in json.loads((run / "eval" / "base_results.json").read_text())["results"]

@@ -38,9 +38,8 @@ def _run_tokenizer(run_dir):
     """(tokenizer, causal?, run config) of a run folder, without building its model."""
     from mmpt.models.backbone import load_tokenizer, minilm_dir, _tokenizer
     from mmpt.models.family import family_of_build
-    from mmpt.runs import CONFIG
-
     from mmpt.recipes.rebuild import backbone_config
+    from mmpt.runs import CONFIG
 
     cfg = OmegaConf.load(Path(run_dir) / CONFIG)
     model = backbone_config(cfg)  # a finetune.py run's: its pretrained run's or library's

@@ -38,7 +38,8 @@ def finished_runs(folder: Path) -> tuple[list[Path], list[str], bool]:
         else:
             runs.append(run)
     if not runs:
-        raise MMPTError(f"{folder}: no finished train.py or finetune.py run in it or under it ({len(skipped)} skipped); "
+        raise MMPTError(f"{folder}: no finished train.py or finetune.py run in it or under it "
+                        f"({len(skipped)} skipped); "
                         "expected a run folder (.hydra/config.yaml, checkpoints/best, metrics.json)")
     return runs, skipped, True
 

@@ -48,12 +48,10 @@ def load_finetuned(path, cfg):
     else:
         pre = open_run(cfg.pretrained, "fine-tuning", key="pretrained")
         model, task_id, groups = prepare_model(pre, cfg.finetune_type, task)
-    best = checkpoint.find(path / "checkpoints" / "best")
-    if best is None and groups:
+    # a type that trains nothing writes no checkpoint (library.finetune's evaluate_only)
+    best = checkpoint.find(path / "checkpoints" / "best") if groups else None
+    if groups and best is None:
         raise CheckpointError(f"{path}: no complete checkpoints/best (did the finetune.py run finish "
                               "its first evaluation?)")
-    meta = {}
-    if groups:  # a type that trains nothing has no checkpoint (library.finetune: evaluate_only)
-        meta = checkpoint.load_weights(best, model)
-    return model.eval(), task_id, FinishedRun(path, cfg, best if groups else None, meta)
-
+    meta = checkpoint.load_weights(best, model) if best else {}
+    return model.eval(), task_id, FinishedRun(path, cfg, best, meta)
