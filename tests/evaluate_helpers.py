@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_cfg
@@ -65,3 +66,29 @@ def mmpt_scores(model, dataset, n, task_id, max_length):
 def lls(row: dict) -> list[float]:
     """The log-likelihood lm-eval got for each choice of a sample."""
     return [float(r[0]) for r in row["filtered_resps"]]
+
+
+def agree(run: Path, task="mmpt_cb", dataset="cb", model=None, task_id=0):
+    """lm-eval's samples (--log-samples) against the run: its choice is predictions/test.jsonl's on
+    every example, its log-likelihoods `model`'s own rank scores with `task_id` (default: the run's
+    best weights as open_run rebuilds them), its acc (and CB's f1) the run's test metrics."""
+    from mmpt.data.tasks import get_task
+    from mmpt.runs import load_model, open_run
+
+    verbalizers = get_task(dataset).verbalizers
+    preds = [json.loads(line) for line in (run / "predictions" / "test.jsonl").read_text().splitlines()]
+    rows = samples(run, task)
+    assert [r["doc_id"] for r in rows] == list(range(len(preds)))
+    assert [r["doc"]["id"] for r in rows] == [p["id"] for p in preds]  # predictions/test.jsonl's order
+    chosen = [max(range(len(verbalizers)), key=lambda c: lls(r)[c]) for r in rows]
+    assert chosen == [verbalizers.index(p["prediction"]) for p in preds]
+    # and the scores themselves: a 2-step tiny model may choose one class whatever its routing
+    model = load_model(open_run(run)) if model is None else model
+    max_length = OmegaConf.load(run / ".hydra" / "config.yaml").dataset.max_length
+    own = mmpt_scores(model, dataset, len(rows), task_id, max_length)
+    assert (torch.tensor([lls(r) for r in rows]) - own).abs().max() < 1e-4
+    res = json.loads((run / "eval" / "results.json").read_text())["results"][task]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert res["acc,none"] == pytest.approx(metrics["test/acc"], abs=1e-12)
+    if dataset == "cb":
+        assert res["f1,none"] == pytest.approx(metrics["test/f1"], abs=1e-12)

@@ -71,7 +71,7 @@ def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path, capsys):
     refused([str(run), "--tasks", "mmpt_cb", "--limit", "0"], capsys, "--limit 0")
     refused([str(tmp_path / "empty_dir_that_is_absent"), "--tasks", "mmpt_cb"], capsys, "is not a directory")
     (tmp_path / "empty").mkdir()
-    refused([str(tmp_path / "empty"), "--tasks", "mmpt_cb"], capsys, "no finished train.py run")
+    refused([str(tmp_path / "empty"), "--tasks", "mmpt_cb"], capsys, "no finished train.py or finetune.py run")
     refused([str(run), "--tasks", "mmpt_wicc"], capsys, "did you mean mmpt_wic")
     (run / "eval").mkdir()
     (run / "eval" / "results.json").write_text("{not json")
@@ -84,13 +84,16 @@ def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path, capsys):
     assert not (run / "eval").exists()
 
 
-def test_an_encoder_run_is_refused(tmp_path, capsys):
+def test_an_encoder_run_is_refused_and_skipped_in_a_sweep(run, capsys):
     from evaluate_helpers import train_run
 
-    run = train_run(tmp_path / "enc", ["model=minilm", "method=lora", "dataset=cb", "k_shot=4",
-                                       "trainer.max_steps=1", "trainer.eval_every=1", "trainer.batch_size=4"])
-    refused([str(run), "--tasks", "mmpt_cb"], capsys, "is an encoder run")
-    assert not (run / "eval").exists()
+    enc = train_run(run.parent / "enc", ["model=minilm", "method=lora", "dataset=cb", "k_shot=4",
+                                         "trainer.max_steps=1", "trainer.eval_every=1", "trainer.batch_size=4"])
+    refused([str(enc), "--tasks", "mmpt_cb"], capsys, "is an encoder run")
+    assert main([str(run.parent), "--tasks", "mmpt_cb", "--limit", "3"]) == 0  # the sweep goes on past it
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"{enc}:")]
+    assert len(lines) == 1 and lines[0].startswith(f"{enc}: skipped (") and "is an encoder run" in lines[0]
+    assert "mmpt_cb" in results(run)["results"] and not (enc / "eval").exists()
 
 
 def test_without_lm_eval_one_line_names_the_extra(tmp_path):

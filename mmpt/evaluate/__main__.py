@@ -22,7 +22,8 @@ MISSING = ("lm-eval is not installed: install mmpt's `eval` extra (pip install -
 
 def parse(argv):
     p = argparse.ArgumentParser(prog="python -m mmpt.evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("run_dir", nargs="?", type=Path, help="a finished train.py run, or a folder of runs (a sweep)")
+    p.add_argument("run_dir", nargs="?", type=Path,
+                   help="a finished train.py or finetune.py run, or a folder of runs (a sweep)")
     p.add_argument("--tasks", help="comma-separated lm-eval task names (mmpt_rte, boolq, a YAML's task ...)")
     p.add_argument("--batch-size", type=int, default=16, help="contexts scored together (default 16)")
     p.add_argument("--limit", type=int, help="score the first N documents of each task")
@@ -117,8 +118,11 @@ def run(args) -> int:
 
     bar = progress.bar(len(runs), "runs")
     for path in runs:
-        if not evaluate_run(path, tasks, args, sweep=True):
-            print(f"{path}: already evaluated on {', '.join(tasks)} (--force to evaluate again)")
+        try:
+            if not evaluate_run(path, tasks, args, sweep=True):
+                print(f"{path}: already evaluated on {', '.join(tasks)} (--force to evaluate again)")
+        except MMPTError as e:  # a run it refuses (an encoder run, a broken one): the others still go on
+            print(f"{path}: skipped ({e})")
         bar.update(1)
     bar.close()
     return 0

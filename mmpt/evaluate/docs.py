@@ -38,15 +38,17 @@ def _run_tokenizer(run_dir):
     """(tokenizer, causal?, run config) of a run folder, without building its model."""
     from mmpt.models.backbone import load_tokenizer, minilm_dir, _tokenizer
     from mmpt.models.family import family_of_build
+    from mmpt.recipes.rebuild import backbone_config
     from mmpt.runs import CONFIG
 
     cfg = OmegaConf.load(Path(run_dir) / CONFIG)
-    family = family_of_build(cfg.model.get("build"))
+    model = backbone_config(cfg)  # a finetune.py run's: its pretrained run's or library's
+    family = family_of_build(model.get("build"))
     if family is not None:
-        tok = load_tokenizer(cfg.model.get("tokenizer") or minilm_dir())
+        tok = load_tokenizer(model.get("tokenizer") or minilm_dir())
         return tok, family.name == "causal", cfg
-    name = cfg.model.get("name_or_path") or minilm_dir()
-    return _tokenizer(cfg.model.get("tokenizer") or name), _is_causal(name), cfg
+    name = model.get("name_or_path") or minilm_dir()
+    return _tokenizer(model.get("tokenizer") or name), _is_causal(name), cfg
 
 
 def _is_causal(name) -> bool:

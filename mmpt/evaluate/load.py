@@ -1,12 +1,17 @@
 """A finished run's model, ready to be scored: its best weights as the run built them, or (--base)
-its backbone with no adapter; the task id whose routing it uses."""
+its backbone with no adapter; the task id whose routing it uses. train.py runs are rebuilt by
+mmpt.runs, finetune.py runs (pretrained= or library=) by mmpt.recipes.rebuild."""
+from pathlib import Path
+
+from omegaconf import OmegaConf
 from transformers import set_seed
 
 from mmpt.data.mixture import task_keys
 from mmpt.errors import MMPTError
 from mmpt.methods.base import Method
 from mmpt.models import build_model
-from mmpt.runs import load_model, open_run
+from mmpt.recipes.rebuild import backbone_config, is_finetune_run, load_finetuned
+from mmpt.runs import CONFIG, load_model, open_run
 
 
 class NoAdapter(Method):
@@ -39,16 +44,39 @@ def choose_task(model, cfg, task_id: str | None, where) -> int:
     return 0
 
 
+def read_config(path):
+    """A run folder's .hydra/config.yaml; open_run's one-line error where it is missing or unreadable."""
+    try:
+        return OmegaConf.load(Path(path) / CONFIG)
+    except Exception:
+        open_run(path, "mmpt.evaluate")  # raises its one-line error (no config, unreadable)
+        raise
+
+
+def finetuned_model(path, cfg, task_id: str | None):
+    """A finetune.py run: one task, its own routing (the new row of a transfer run, a library's)."""
+    if task_id is not None and task_id != cfg.dataset.name:
+        raise MMPTError(f"--task-id: {path} is a finetune.py run of the one task {cfg.dataset.name!r}; "
+                        f"got {task_id!r}")
+    return load_finetuned(path, cfg)
+
+
 def open_model(path, task_id: str | None = None, base: bool = False):
     """(model in eval mode, its task id, the run) of the finished run at `path`."""
-    run = open_run(path, "mmpt.evaluate")
-    model = load_model(run)
+    cfg = read_config(path)
+    if is_finetune_run(cfg):
+        model, index, run = finetuned_model(path, cfg, task_id)
+    else:
+        run = open_run(path, "mmpt.evaluate")
+        model, index = load_model(run), None
     if not model.family.can_generate or model.family.has_heads:
         raise MMPTError(f"{path} is an encoder run ({model.family.name}: a classification head, no "
                         "language-model head); lm-eval scores language models: t5 or causal LM runs only")
-    index = choose_task(model, run.cfg, task_id, path)
+    if index is None:
+        index = choose_task(model, run.cfg, task_id, path)
     if base:
         set_seed(run.cfg.seed)
-        model = build_model(run.cfg.model, run.cfg.method, make_method=lambda backbone, info: NoAdapter(
-            run.cfg.method, backbone, info)).eval()
+        method_cfg = OmegaConf.create({"name": "none"}) if is_finetune_run(cfg) else run.cfg.method
+        model = build_model(backbone_config(cfg), method_cfg, make_method=lambda backbone, info: NoAdapter(
+            method_cfg, backbone, info)).eval()
     return model, index, run
