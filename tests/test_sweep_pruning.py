@@ -128,7 +128,7 @@ def test_the_report_lists_pruned_trials_apart_and_never_averages_them(tmp_path, 
     trials, pruned = md.split("## Search trials")[1].split("## Pruned trials")
     # trial 0 alone (n = 1: not pooled with trial 1's equal settings); trial 2's finished seed is not a row
     assert trials.count("| lora") == 1 and "| lora | rte (acc) | 1 | 60.0 | 50.0 |" in trials
-    assert "| 1 | s (.) | rte (val/acc) | 5 | 10.0 |" in pruned
-    assert "| 2 | s (.) | rte (val/acc) | 1 | 25.0 |" in pruned
+    assert "| 1 | s | rte (val/acc) | 5 | 10.0 |" in pruned  # the study's name, no "(.)" caption
+    assert "| 2 | s | rte (val/acc) | 1 | 25.0 |" in pruned and "(.)" not in md
     assert "1 finished runs" in md and "2 pruned trials listed apart" in md
     assert len(__import__("pandas").read_csv(sweep / "report.csv")) == 1
