@@ -75,8 +75,12 @@ def test_two_fsdp_processes_train_like_one(runs, name):
     for k in w1:
         assert w1[k].shape == w2[k].shape and (w1[k] - w2[k]).norm() <= 1e-2 * w1[k].norm(), k
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
-    scores = lambda m: {k: v for k, v in m.items() if k.startswith(("val/", "test/"))}
-    assert scores(m2) == pytest.approx(scores(m1), rel=1e-6) and "test/acc" in m1
+    scores = lambda m, routing: {k: v for k, v in m.items() if k.startswith(("val/", "test/"))
+                                 and ("/routing/" in k) == routing}
+    assert scores(m2, False) == pytest.approx(scores(m1, False), rel=1e-6) and "test/acc" in m1
+    # routing statistics are smooth functions of the routing weights, which differ by the rounding
+    # above (t5 poly_lora: 3e-6 relative on this machine's torch build), not of the argmax
+    assert scores(m2, True) == pytest.approx(scores(m1, True), rel=1e-4)
     # FSDP's processes hold half of the frozen weights each
     assert m2["backbone_mb"] < 0.6 * m1["backbone_mb"]
 
