@@ -91,6 +91,8 @@ class RoutedLinear(ExpertsLinear):
         self.picks, self.weight_sum, self.tokens = torch.zeros(E), torch.zeros(E), 0
 
     def logits(self, x):
+        # abstract: each routed type says how a token scores the experts (ArrowLinear: |<x, prototype>|;
+        # PhatgooseLinear: LN(x) . LN(gate) / sqrt(d)); RoutedLinear itself is never built
         raise NotImplementedError
 
     def mix(self, x):
