@@ -77,7 +77,8 @@ def one(args) -> None:
     import torch
     from omegaconf import OmegaConf
 
-    from mmpt.engine import cost, distributed, recompute, sharding
+    from mmpt import distributed
+    from mmpt.engine import cost, recompute, sharding
     from mmpt.models import build_model
 
     distributed.init()

@@ -31,7 +31,7 @@ def in_sweep() -> bool:
 def over_seeds(fn, cfg) -> dict:
     """Train once per seed of `mean_over_seeds` (each in <run>/seed_<s>) and write their mean."""
     from mmpt import trial
-    from mmpt.engine import distributed
+    from mmpt import distributed
     from mmpt.runs import run_dir
 
     seeds = list(cfg.mean_over_seeds)
@@ -67,7 +67,7 @@ def main_wrapper(fn, cfg):
     is printed once (the error line; not a log line too).
     """
     from mmpt import trial
-    from mmpt.engine import distributed
+    from mmpt import distributed
     from mmpt.runs import check_command, claim_run_dir
 
     try:
@@ -202,7 +202,7 @@ class TorchrunRunDir(Callback):
         refuse_before_run_dir(config)
         if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
             return
-        from mmpt.engine import distributed
+        from mmpt import distributed
 
         distributed.init()
         HydraConfig.instance().set_config(config)  # for ${hydra:...} in the run dir
@@ -215,7 +215,7 @@ class TorchrunRunDir(Callback):
 
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
-        from mmpt.engine import distributed
+        from mmpt import distributed
 
         distributed.leave()
 
@@ -225,7 +225,7 @@ class TorchrunRunDir(Callback):
         every trial's config takes through the sweep's Hydra overrides."""
         if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
             return
-        from mmpt.engine import distributed
+        from mmpt import distributed
 
         distributed.init()
         HydraConfig.instance().set_config(config)
@@ -236,13 +236,13 @@ class TorchrunRunDir(Callback):
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{quoted}'")
 
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
-        from mmpt.engine import distributed
+        from mmpt import distributed
 
         if distributed.active() and not distributed.is_main():  # a sweep's trial on rank > 0: warnings only
             logging.getLogger().setLevel(logging.WARNING)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from mmpt.engine import distributed
+        from mmpt import distributed
 
         distributed.leave()
 

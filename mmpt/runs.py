@@ -16,7 +16,8 @@ from transformers import set_seed
 
 from mmpt.config_keys import drop_defaults
 from mmpt.data.mixture import num_tasks, tasks_of
-from mmpt.engine import checkpoint, distributed
+from mmpt import distributed
+from mmpt.engine import checkpoint
 from mmpt.errors import CheckpointError, ConfigError
 from mmpt.models import build_model, check_config, quantize
 

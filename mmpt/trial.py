@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmpt.engine import distributed
+from mmpt import distributed
 from mmpt.storage import first_line, open_storage
 
 log = logging.getLogger(__name__)

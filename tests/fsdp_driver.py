@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(out: str, *runs: str) -> None:
-    from mmpt.engine import distributed
+    from mmpt import distributed
     from mmpt.recipes import train
     from mmpt.recipes import finetune
 

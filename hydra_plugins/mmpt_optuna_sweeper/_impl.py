@@ -43,7 +43,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from mmpt import trial as job_side
-from mmpt.engine import distributed
+from mmpt import distributed
 from mmpt.errors import ConfigError
 from mmpt.storage import masked, open_storage
 

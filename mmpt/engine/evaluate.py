@@ -6,7 +6,8 @@ import re
 
 import torch
 
-from mmpt.engine import distributed, progress, sharding
+from mmpt import distributed
+from mmpt.engine import progress, sharding
 from mmpt.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from mmpt.engine import distributed
+from mmpt import distributed
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from mmpt.engine import checkpoint, cost, distributed, progress, recompute, sharding
+from mmpt import distributed
+from mmpt.engine import checkpoint, cost, progress, recompute, sharding
 from mmpt.engine.evaluate import autocast, evaluate, to_device
 from mmpt.engine.optim import build_optimizer, check_groups
 from mmpt.errors import ConfigError, MMPTError

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from mmpt.engine import distributed
+from mmpt import distributed
 from mmpt.errors import ConfigError
 
 STRATEGIES = ("ddp", "fsdp")

@@ -15,7 +15,8 @@ from omegaconf import OmegaConf, open_dict
 from torch import nn
 from transformers import get_linear_schedule_with_warmup, set_seed
 
-from mmpt.engine import distributed, progress
+from mmpt import distributed
+from mmpt.engine import progress
 from mmpt.engine.evaluate import to_device
 from mmpt.errors import MMPTError
 from mmpt.library.phatgoose import GATES

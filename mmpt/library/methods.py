@@ -10,7 +10,8 @@ import math
 import torch
 from torch import nn
 
-from mmpt.engine import distributed, progress
+from mmpt import distributed
+from mmpt.engine import progress
 from mmpt.errors import CheckpointError
 from mmpt.methods.adapters import ADAPTABLE, Wrapped, dims, float_dtype
 from mmpt.methods.base import Method

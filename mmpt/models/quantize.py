@@ -79,7 +79,7 @@ def load_kwargs(cfg) -> dict:
     config = bnb_config(cfg)
     if config is None:
         return {}
-    from mmpt.engine import distributed  # the process's device: quantized weights are made on it
+    from mmpt import distributed  # the process's device: quantized weights are made on it
 
     return {"quantization_config": config, "device_map": {"": distributed.device()}}
 

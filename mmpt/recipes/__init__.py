@@ -9,7 +9,8 @@
 train.py and finetune.py at the repository root are thin @hydra.main wrappers around `train` and
 `finetune`.
 """
-from mmpt.engine import cost, distributed
+from mmpt import distributed
+from mmpt.engine import cost
 from mmpt.errors import ConfigError
 from mmpt.models import backbone_name
 from mmpt.recipes import library, transfer

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf, open_dict
 from transformers import set_seed
 
 from mmpt.data import get_task
-from mmpt.engine import distributed
+from mmpt import distributed
 from mmpt.engine.logging import RunLogger
 from mmpt.engine.loop import validate_trainer
 from mmpt.engine.meta import RunMeta

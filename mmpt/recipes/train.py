@@ -2,7 +2,8 @@
 from transformers import set_seed
 
 from mmpt.data.mixture import tasks_of
-from mmpt.engine import cost, distributed
+from mmpt import distributed
+from mmpt.engine import cost
 from mmpt.engine.loop import validate_trainer
 from mmpt.engine.logging import RunLogger
 from mmpt.engine.meta import RunMeta

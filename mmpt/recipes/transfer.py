@@ -19,7 +19,8 @@ from omegaconf import open_dict
 from transformers import set_seed
 
 from mmpt.data import get_task
-from mmpt.engine import checkpoint, distributed
+from mmpt import distributed
+from mmpt.engine import checkpoint
 from mmpt.engine.evaluate import evaluate
 from mmpt.engine.logging import RunLogger
 from mmpt.engine.loop import validate_trainer
