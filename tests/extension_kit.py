@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("MMPT_DATA_DIR", ROOT.parent / "shared" / "data"))
 SKIP = {".git", ".venv", "outputs", "multirun", "libs", "site", "wandb", "results", "__pycache__",
         ".pytest_cache", "bench", "examples", "docs"}
 
@@ -30,7 +31,7 @@ class ProjectCopy:
         """`python ARGS...` in the copy, importing the copy's mmpt and hydra_plugins; fails the test
         with the output's tail when the command fails."""
         env = {**os.environ, "PYTHONPATH": str(self.path), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
-               "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+               "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1", "MMPT_DATA_DIR": str(DATA)}
         out = subprocess.run([sys.executable, *args], cwd=self.path, env=env, capture_output=True,
                              text=True, timeout=timeout)
         assert out.returncode == 0, f"python {' '.join(args)} failed:\n{(out.stdout + out.stderr)[-3000:]}"
