@@ -227,9 +227,19 @@ class Library:
         """{module: (A [E, r, d_in], B [E, d_out, r])} over the experts, in index order."""
         if self.kind != "lora":
             raise LibraryError(f"library {self.path} holds {self.kind} experts; this needs LoRA experts")
-        per = [self.tensors(n) for n in self.names]
-        return {m: (torch.stack([t[f"{m}.lora_A"] for t in per]), torch.stack([t[f"{m}.lora_B"] for t in per]))
-                for m in self.compat["targets"]}
+        # Filled one expert at a time into preallocated stacks, so that loading E experts holds
+        # E experts' tensors plus one file's, not twice E (all files read, then stacked).
+        out = {}
+        for e, name in enumerate(self.names):
+            t = self.tensors(name)
+            for m in self.compat["targets"]:
+                if m not in out:
+                    A, B = t[f"{m}.lora_A"], t[f"{m}.lora_B"]
+                    out[m] = (A.new_empty((len(self.names), *A.shape)), B.new_empty((len(self.names), *B.shape)))
+                out[m][0][e].copy_(t[f"{m}.lora_A"])
+                out[m][1][e].copy_(t[f"{m}.lora_B"])
+            del t
+        return out
 
     def stored(self, key: str) -> dict | None:
         """DIR/cache/<key>.safetensors when it is there, whole and of this library; else None."""
