@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import ROOT
-from hydra_plugins.mmpt_optuna_sweeper import search_space
+from hydra_plugins.mmpt_optuna_sweeper import _search_space as search_space
 from hydra_plugins.mmpt_optuna_sweeper._impl import OptunaSweep
 
 
