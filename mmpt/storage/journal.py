@@ -1,6 +1,6 @@
 """Journal files (journal:///FILE, journal:////abs/path): Optuna's JournalStorage on a file, for
 clusters with a shared filesystem and no database server. Optuna gives a journal no heartbeat (as
-of Optuna 5.1), so the sweeper keeps its own stamp on running trials there (its study.py).
+of Optuna 5.1), so the sweeper keeps its own stamp on running trials there (hydra_plugins/mmpt_optuna_sweeper/_study.py).
 
 A worker killed while appending leaves its last record cut mid-line; this kind drops such a record
 before anyone writes after it, and refuses a journal with a broken record before its end."""
