@@ -25,20 +25,16 @@ Bad settings fail in one line naming the key, before any trial is asked.
 
 The parts: config.py (the settings, registered in Hydra's ConfigStore), __search_space.py (the
 grammar), _build.py (sampler and pruner), _study.py (the study, grid, trial numbers, heartbeats:
-all of Optuna's private API), this file (the loop, its results).
+all of Optuna's private API), this file (the loop), _results.py (telling the study, the results file).
 """
 import logging
-import os
 import warnings
 from pathlib import Path
-from typing import Any
 
 import optuna
 from hydra.core.plugins import Plugins
-from hydra.core.utils import JobStatus
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
 
@@ -47,7 +43,7 @@ from mmpt import trial as job_side
 from mmpt.errors import ConfigError
 from mmpt.storage import masked
 
-from . import _build, _search_space, _study
+from . import _build, _results, _search_space, _study
 from ._build import IN_PROCESS_LAUNCHERS, cause
 from .config import checked
 
@@ -147,10 +143,10 @@ class OptunaSweep:
                                       f"config ({cause(e)}): a search space over another method's keys? "
                                       "hparams_search presets select theirs; name the method it needs") from None
                 raise
-            self._tell(study, batch, returns, len(directions))
+            _results.tell(study, batch, returns, len(directions), self.max_failure_rate)
             ran += len(batch)
         distributed.broadcast_object(None)  # torchrun: the other ranks are done
-        self._write_results(study, len(directions))
+        _results.write(study, len(directions), self.sweep_dir, self.url)
 
     def _say_if_capped(self, study) -> None:
         trials = study.get_trials(deepcopy=False)
@@ -212,64 +208,6 @@ class OptunaSweep:
         if self.study_name is None:  # Optuna named the study: the jobs need that name
             hydra.append(f"hydra.sweeper.study_name={study_name}")
         return [f"{name}={_override_value(v)}" for name, v in values.items()] + hydra
-
-    def _tell(self, study, batch, returns, n_objectives: int) -> None:
-        failures = []
-        for trial, ret in zip(batch, returns):
-            if ret.status == JobStatus.COMPLETED and isinstance(ret.return_value, job_side.Pruned):
-                study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
-                log.info("trial %d finished: PRUNED at step %d", trial.number, ret.return_value.step)
-                continue
-            values = None
-            if ret.status == JobStatus.COMPLETED:
-                try:
-                    raw = ret.return_value if n_objectives > 1 else [ret.return_value]
-                    values = [float(v) for v in raw]
-                    assert len(values) == n_objectives
-                except (TypeError, ValueError, AssertionError):
-                    log.warning("trial %d returned %r, not %d number(s): marked FAIL", trial.number,
-                                ret.return_value, n_objectives)
-            if values is None:
-                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-                failures.append(ret)
-                if ret.status != JobStatus.COMPLETED:
-                    log.warning("trial %d finished: FAIL, %s", trial.number, cause(ret._return_value))
-            else:
-                study.tell(trial, values, skip_if_finished=True)
-                log.info("trial %d finished: %s with %s", trial.number, values[0] if n_objectives == 1 else values,
-                         trial.params)
-        if failures and len(failures) / len(returns) > self.max_failure_rate:
-            log.error("%d of %d trials of the batch failed (hydra.sweeper.max_failure_rate=%s)", len(failures),
-                      len(returns), self.max_failure_rate)
-            for ret in failures:
-                if ret.status != JobStatus.COMPLETED:
-                    ret.return_value  # re-raises the job's exception, with its traceback
-            raise ConfigError("hydra.sweeper.max_failure_rate", f"{len(failures)} of {len(returns)} trials of a "
-                              f"batch returned no number (allowed share: {self.max_failure_rate})")
-
-    def _write_results(self, study, n_objectives: int) -> None:
-        counts = {}
-        for t in study.get_trials(deepcopy=False):
-            counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name,
-                                   "storage": masked(self.url), "trials": counts}
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if complete and n_objectives == 1:
-            best = study.best_trial
-            results.update(best_params=best.params, best_value=best.value, best_trial=best.number)
-            log.info("best value %s with %s (trial %d; study: %s)", best.value, best.params, best.number,
-                     ", ".join(f"{n} {k}" for k, n in counts.items()))
-        elif complete:
-            results["solutions"] = [{"params": t.params, "values": t.values} for t in study.best_trials]
-        else:
-            log.info("no trial of study %s has completed (%s)", study.study_name,
-                     ", ".join(f"{n} {k}" for k, n in counts.items()) or "it has no trials")
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        path = self.sweep_dir / "optimization_results.yaml"
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # other workers may write it too
-        OmegaConf.save(OmegaConf.create(results), tmp)
-        os.replace(tmp, path)
-
 
 def _suggest(trial, name: str, d) -> None:
     if isinstance(d, CategoricalDistribution):
