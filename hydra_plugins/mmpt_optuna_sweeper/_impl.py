@@ -59,6 +59,8 @@ class OptunaSweep:
         self.max_failure_rate = float(s.max_failure_rate)
         self.params, self.custom = s.params or {}, s.custom_search_space
 
+    hydra_context = None
+
     def setup(self, *, hydra_context, task_function, config) -> None:
         self.config, self.hydra_context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context,
@@ -86,8 +88,8 @@ class OptunaSweep:
         return _build.sampler(self.sampler_cfg, offset)
 
     def _pruner(self):
-        presets = sorted(self.hydra_context.config_loader.get_group_options("hydra/sweeper/pruner")) \
-            if getattr(self, "hydra_context", None) else []
+        presets = self.hydra_context.config_loader.get_group_options(  # the app's search path: its config's
+            "hydra/sweeper/pruner", config_name=self.config.hydra.job.config_name) if self.hydra_context else []
         pruner = _build.pruner(self.pruner_cfg, presets)
         _build.check_pruning(pruner, self.settings.directions, self.url, str(self.config.hydra.launcher.get("_target_")),
                              self.config.get("optimized_metric"))
