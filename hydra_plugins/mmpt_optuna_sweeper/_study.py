@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 GRID = "mmpt:grid"                 # study system attr: the grid points queued in the study (JSON)
 OVER_CAP = "mmpt:over_max_trials"  # trial system attr: asked past max_trials by a racing worker, not run
 STAMP = "mmpt:heartbeat"           # trial system attr: a journal trial's last heartbeat (see Heartbeats)
+OPTUNA_BEATS = "mmpt:optuna_heartbeat"  # trial system attr: the trial has Optuna's heartbeat (a database)
 GRID_WAIT_S = 60                   # how long a worker waits for the creator to queue a new grid
 
 
@@ -134,7 +135,7 @@ def claim(study, cap: int | None, grid: bool, beats: "Heartbeats") -> int | None
             storage.set_trial_system_attr(trial_id, OVER_CAP, True)
             storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
             return None
-    beats.beat(storage, [trial_id])  # at once: a worker killed before its first beat leaves no trial behind
+    beats.beat(storage, [trial_id], first=True)  # at once, before its job starts
     return trial_id
 
 
@@ -158,8 +159,10 @@ class Heartbeats:
     trial whose beat is older than the grace period and calls the retry callback. A journal file
     has no heartbeat in Optuna (5.1), so there a beat is a STAMP on the trial (a system attr), and
     a RUNNING trial neither stamped nor started within the grace period is failed here, with the
-    same callback. None at all for an in-memory study (no other worker could notice) or with
-    heartbeat.interval=null."""
+    same callback. Optuna never fails a trial that has no heartbeat at all (one a worker of an
+    older mmpt left, or one killed before its first beat): on a database, the RUNNING trials not
+    marked OPTUNA_BEATS are judged by the journal's rule. None at all for an in-memory study (no
+    other worker could notice) or with heartbeat.interval=null."""
 
     def __init__(self, url, interval: int | None, grace: int, max_retry: int):
         self.every = None if url is None else interval
@@ -182,12 +185,14 @@ class Heartbeats:
     def _optunas(storage) -> bool:
         return getattr(storage, "get_heartbeat_interval", lambda: None)() is not None
 
-    def beat(self, storage, ids: list[int]) -> None:
+    def beat(self, storage, ids: list[int], first: bool = False) -> None:
         if self.every is None:
             return
         for tid in ids:
             try:
                 if self._optunas(storage):
+                    if first:  # marks the trial as Optuna's to fail (see fail_stale)
+                        storage.set_trial_system_attr(tid, OPTUNA_BEATS, True)
                     storage.record_heartbeat(tid)
                 else:
                     storage.set_trial_system_attr(tid, STAMP, time.time())
@@ -221,12 +226,14 @@ class Heartbeats:
         heartbeat.max_retry allows. Returns how many this call failed."""
         if self.every is None:
             return 0
-        before = self.failed
-        if self._optunas(study._storage):
+        before, storage = self.failed, study._storage
+        optunas = self._optunas(storage)
+        if optunas:
             optuna.storages.fail_stale_trials(study)  # calls on_stale for each trial it failed
-            return self.failed - before
-        storage, now = study._storage, time.time()
+        now = time.time()
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if optunas and t.system_attrs.get(OPTUNA_BEATS):
+                continue  # Optuna's to judge (it never fails a trial without a heartbeat: the others are ours)
             started = t.datetime_start.timestamp() if t.datetime_start else 0.0
             if now - max(t.system_attrs.get(STAMP, 0.0), started) <= self.grace:
                 continue
