@@ -86,3 +86,16 @@ class Registry:
 
     def entries(self) -> list[Entry]:
         return list(self._entries.values())
+
+
+def import_room(package: str, path) -> list[str]:
+    """Import every module of a package's folder (its room), so that each registers itself: a new
+    entry is one module dropped there, with no import list to extend. Modules whose name starts
+    with `_` (helpers) and `base` (the registry's own module) are left out. Returns their names."""
+    import importlib
+    import pkgutil
+
+    names = sorted(m.name for m in pkgutil.iter_modules(path) if not m.name.startswith("_") and m.name != "base")
+    for name in names:
+        importlib.import_module(f"{package}.{name}")
+    return names

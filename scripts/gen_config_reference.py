@@ -3,7 +3,9 @@
     python scripts/gen_config_reference.py           # (re)write the page
     python scripts/gen_config_reference.py --check   # exit 1 when the committed page is stale
 
-Every YAML of conf/ (and finetune.py's presets in mmpt/conf_finetune/) becomes a table: each key
+Every YAML of conf/ (and finetune.py's presets in mmpt/conf_finetune/) becomes a table, and so
+does each config a Hydra plugin of the project registers (PLUGIN_OPTIONS: the sweeper's settings
+dataclass, whose fields carry their comments as the YAMLs do): each key
 as the composed config names it (a group file's keys sit under its package, e.g. `method.rank`),
 its default and the comment on its line or the line above. Methods and routers keep their
 defaults in config dataclasses too (mmpt/methods, mmpt/routers, registered in METHODS / ROUTERS):
@@ -23,6 +25,10 @@ sys.path.insert(0, str(ROOT))
 PAGE = ROOT / "docs" / "reference" / "configuration.md"
 KEY = re.compile(r"^(\s*)([\w.@/+-]+):(.*)$")
 TOP = {"train.yaml": "train.py", "finetune.yaml": "finetune.py"}
+# group -> (option, module, dataclass) registered in Hydra's ConfigStore by a plugin, not a YAML of conf/
+PLUGIN_OPTIONS = {"hydra/sweeper": [("resumable_optuna", "hydra_plugins.mmpt_optuna_sweeper.config",
+                                     "ResumableOptunaConf")]}
+FIELD = re.compile(r"^\s+(\w+): [^=]+?(?: = .*?)?(?:\s+#\s*(.*))?$")
 
 
 def split_comment(text: str) -> tuple[str, str]:
@@ -167,6 +173,42 @@ def option_section(path: Path, conf: Path, title: str) -> list[str]:
     return out + [""]
 
 
+def dataclass_keys(config, prefix: str) -> list[tuple[str, object, str]]:
+    """(dotted key, default, comment) of a settings dataclass's fields, nested dataclasses opened;
+    the comment is the one on the field's line or the line above (as in the YAMLs)."""
+    import inspect
+
+    lines = inspect.getsource(config).splitlines()
+    comments = {}
+    for i, line in enumerate(lines):
+        m = FIELD.match(line)
+        if m:
+            above = lines[i - 1].strip()
+            comments[m.group(1)] = m.group(2) or (above.lstrip("#").strip() if above.startswith("#") else "")
+    out = []
+    for f in dataclasses.fields(config):
+        if f.name == "defaults":
+            continue  # shown apart, as a YAML's defaults list
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if dataclasses.is_dataclass(default):
+            out += dataclass_keys(type(default), f"{prefix}.{f.name}")
+        else:
+            out.append((f"{prefix}.{f.name}", "???" if default == "???" else default, comments.get(f.name, "")))
+    return out
+
+
+def plugin_section(group: str, option: str, module: str, name: str) -> list[str]:
+    import importlib
+
+    mod = importlib.import_module(module)
+    config = getattr(mod, name)
+    where = module.replace(".", "/") + ".py"
+    defaults = ", ".join(f"`{group}/{k}={v}`" for d in config().defaults for k, v in d.items())
+    out = [f"### `{group}={option}`", "", f"Registered in Hydra's ConfigStore by `{where}` (dataclass "
+           f"`{config.__name__}`): {cell(mod.__doc__.split(chr(10) + chr(10))[0])} Its defaults: {cell(defaults)}.", ""]
+    return out + table(dataclass_keys(config, group.replace("/", "."))) + [""]
+
+
 def render() -> str:
     conf = ROOT / "conf"
     out = ["# Configuration reference", "",
@@ -183,10 +225,12 @@ def render() -> str:
                 "| group=option | comment |", "|---|---|"]
         out += [f"| <code>{cell(g)}</code> | {cell(c)} |" for g, c in defaults_of(path)]
         out += ["", "Its keys:", ""] + table(keys_of(path)) + [""]
-    groups = sorted({p.parent for p in conf.rglob("*.yaml") if p.parent != conf})
+    groups = sorted({p.parent for p in conf.rglob("*.yaml") if p.parent != conf} | {conf / g for g in PLUGIN_OPTIONS})
     for group in groups:
         name = "/".join(group.relative_to(conf).parts)
         out += [f"## Group `{name}`", ""]
+        for option, module, dataclass in PLUGIN_OPTIONS.get(name, []):
+            out += plugin_section(name, option, module, dataclass)
         for path in sorted(group.glob("*.yaml")):
             out += option_section(path, conf, f"{name}={path.stem}")
     extra = ROOT / "mmpt" / "conf_finetune"

@@ -24,6 +24,8 @@ def one_line_error(proc, key: str) -> str:
     ("hydra.sweeper.n_jobs=0", "hydra.sweeper.n_jobs", "integer >= 1"),
     ("hydra.sweeper.pruner._target_=optuna.pruners.NoSuchPruner", "hydra.sweeper.pruner", "NoSuchPruner"),
     ("hydra.sweeper.pruner._target_=optuna.samplers.RandomSampler", "hydra.sweeper.pruner._target_", "not an Optuna pruner"),
+    # the presets listed are the app's (conf/hydra/sweeper/pruner/), a contributor's new one among them
+    ("hydra.sweeper.pruner._target_=null", "hydra.sweeper.pruner", "pruner=hyperband|median|none|successive_halving|threshold"),
     ("hydra.sweeper.storage=journal:////no/such/dir/study.log", "hydra.sweeper.storage", "/no/such/dir does not exist"),
     ("hydra.sweeper.storage=sqlite:////no/such/dir/study.db", "hydra.sweeper.storage", "/no/such/dir does not exist"),
     ("hydra.sweeper.storage=journal://relative.log", "hydra.sweeper.storage", "journal:///"),

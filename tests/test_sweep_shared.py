@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import time
 
 import pytest
@@ -71,19 +72,29 @@ def test_one_worker_on_the_same_storage_state_proposes_the_same_points(tmp_path)
     assert len({json.dumps(p, sort_keys=True) for p in params[0]}) == 3
 
 
-def test_a_killed_workers_trial_is_failed_by_its_heartbeat_and_run_again(tmp_path):
-    url = f"sqlite:///{tmp_path / 'k.db'}"
+def beaten(url: str, trial) -> bool:
+    """Whether the running trial has had a heartbeat: a row in Optuna's heartbeat table (SQLite),
+    mmpt's stamp (a journal file, which has no heartbeat in Optuna)."""
+    if url.startswith("sqlite"):
+        with sqlite3.connect(url[len("sqlite:///"):]) as db:
+            return bool(db.execute("SELECT COUNT(*) FROM trial_heartbeats").fetchone()[0])
+    return "mmpt:heartbeat" in trial.system_attrs
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_killed_workers_trial_is_failed_by_its_heartbeat_and_run_again(tmp_path, kind):
+    url = urls(tmp_path)[kind]
     beat = ("hydra.sweeper.heartbeat.interval=1", "hydra.sweeper.heartbeat.grace_period=3")
     args = (f"hydra.sweeper.storage={url}", "hydra.sweeper.study_name=k", *beat, f"hydra.sweep.dir={tmp_path / 'sweep'}")
     doomed = start(*args, "hydra.sweeper.n_trials=1", "sleep=30")
     try:
         deadline = time.time() + 60
-        while time.time() < deadline:  # until its trial runs (and has been stamped)
+        while time.time() < deadline:  # until its trial runs (its point drawn, a heartbeat had)
             try:  # the database file appears before the study is in it
                 running = [t for t in trials(url, "k") if t.state.name == "RUNNING"]
-            except KeyError:
+            except (KeyError, sqlite3.OperationalError):
                 running = []
-            if running and "mmpt:heartbeat" in running[0].system_attrs:
+            if running and running[0].params and beaten(url, running[0]):
                 break
             time.sleep(0.2)
         else:

@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import ROOT
-from hydra_plugins.mmpt_optuna_sweeper import search_space
+from hydra_plugins.mmpt_optuna_sweeper import _search_space as search_space
 from hydra_plugins.mmpt_optuna_sweeper._impl import OptunaSweep
 
 
@@ -63,13 +63,16 @@ def test_a_search_space_given_whole_on_the_command_line_replaces_the_presets():
     assert other._space() == {"optimizer.groups.adapters.weight_decay": "choice(0.0,0.1)"}
 
 
-def test_the_plugin_module_hydra_imports_at_every_start_imports_no_optuna_torch_or_sqlalchemy():
+def test_the_plugin_modules_hydra_imports_at_every_start_import_no_optuna_torch_or_sqlalchemy():
+    """Hydra imports every module of hydra_plugins whose name has no leading `_` at each start:
+    the plugin class and its registered settings (config.py)."""
     import subprocess
     import sys
     proc = subprocess.run([sys.executable, "-X", "importtime", "-c",
-                           "import hydra_plugins.mmpt_optuna_sweeper.resumable_optuna_sweeper, mmpt.storage"],
+                           "import hydra_plugins.mmpt_optuna_sweeper.resumable_optuna_sweeper, "
+                           "hydra_plugins.mmpt_optuna_sweeper.config, mmpt.storage"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-1500:]
     imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    assert "hydra_plugins.mmpt_optuna_sweeper.resumable_optuna_sweeper" in imported
+    assert {"hydra_plugins.mmpt_optuna_sweeper.resumable_optuna_sweeper", "hydra_plugins.mmpt_optuna_sweeper.config"} <= imported
     assert not imported & {"optuna", "torch", "sqlalchemy"}

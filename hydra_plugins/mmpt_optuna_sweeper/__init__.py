@@ -1,1 +1,1 @@
-"""mmpt's Hydra sweeper plugin: hydra/sweeper=resumable_optuna (conf/hydra/sweeper/resumable_optuna.yaml)."""
+"""mmpt's Hydra sweeper plugin: hydra/sweeper=resumable_optuna, its settings registered by config.py."""

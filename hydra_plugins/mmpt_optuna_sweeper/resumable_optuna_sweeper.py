@@ -1,7 +1,9 @@
-"""hydra/sweeper=resumable_optuna: mmpt's Optuna sweeper (what it does: _impl.py's docstring).
+"""hydra/sweeper=resumable_optuna: mmpt's Optuna sweeper (what it does: _impl.py's docstring;
+its settings: config.py).
 
-Hydra imports every module under hydra_plugins at each start to find plugins, so this one stays
-light: Optuna and the sweep loop (_impl.py) are imported only when a sweep is built.
+Hydra imports every module under hydra_plugins whose name does not start with `_` at each start,
+to find plugins, so this one and config.py stay light: Optuna and the parts of the sweep (the
+`_` modules) are imported only when a sweep is built.
 """
 import sys
 from typing import Any, List
@@ -14,7 +16,7 @@ from mmpt.errors import MMPTError
 
 
 class ResumableOptunaSweeper(Sweeper):
-    """Takes hydra-optuna-sweeper's keys (hydra.sweeper.*) plus pruner, max_trials and heartbeat."""
+    """Takes hydra-optuna-sweeper's keys (hydra.sweeper.*) plus pruner, max_trials and heartbeat (config.py)."""
 
     def __init__(self, **kwargs: Any) -> None:
         self.kwargs = kwargs
