@@ -107,11 +107,17 @@ def mmpt_step(cfg, data, device):
     return trainer(model, params, lambda: model(data)[0], device), model
 
 
-def peft_config(cfg, task_type: str):
-    """PEFT's tuner for the run's method, with its settings; None where PEFT has none."""
+def peft_config(cfg, task_type: str, family_targets: dict):
+    """PEFT's tuner for the run's method, with its settings; None where PEFT has none.
+    family_targets: the backbone family's adapter target sets (method.target_modules names one)."""
     import peft
+    from omegaconf import OmegaConf
+
+    from mmpt.methods.adapters import target_pattern
 
     m = cfg.method
+    if "target_modules" in m:  # a set name (lora, ia3, ...): the family's regex of that name
+        m = OmegaConf.merge(m, {"target_modules": target_pattern(m, {"targets": family_targets})})
     if m.name == "prompt_tuning":
         return peft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=m.num_virtual_tokens)
     if m.name == "prefix":
@@ -141,7 +147,10 @@ def peft_step(cfg, data, device):
     else:
         import peft
 
-        config = peft_config(cfg, "SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM")
+        from mmpt.models.family import family_of
+
+        config = peft_config(cfg, "SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM",
+                             family_of(backbone.config).targets(backbone.config))
         if config is None:
             return None
         backbone.requires_grad_(False)

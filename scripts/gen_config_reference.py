@@ -7,9 +7,9 @@ Every YAML of conf/ (and finetune.py's presets in mmpt/conf_finetune/) becomes a
 does each config a Hydra plugin of the project registers (PLUGIN_OPTIONS: the sweeper's settings
 dataclass, whose fields carry their comments as the YAMLs do): each key
 as the composed config names it (a group file's keys sit under its package, e.g. `method.rank`),
-its default and the comment on its line or the line above. Methods and routers keep their
-defaults in config dataclasses too (mmpt/methods, mmpt/routers, registered in METHODS / ROUTERS):
-their table lists those fields, so an option that only the dataclass defines is named as well.
+its default and the comment on its line or the line above. A method's or router's YAML is the one
+place of its defaults; its config dataclass (mmpt/methods, mmpt/routers, registered in METHODS /
+ROUTERS) holds the options' types, which its table shows beside them.
 """
 import argparse
 import dataclasses
@@ -138,20 +138,10 @@ def dataclass_of(kind: str, name: str):
     return reg.get(name).config if name in reg else None
 
 
-def dataclass_rows(config, prefix: str, rows) -> list[tuple[str, object, str]]:
-    """The dataclass's fields that the YAML's table does not already show: a field the YAML leaves
-    out (the dataclass default applies), or one whose YAML value differs (an interpolation)."""
-    yaml_rows = {k: v for k, v, _ in rows}
-    out = []
-    for f in dataclasses.fields(config):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
-        key = f"{prefix}.{f.name}"
-        if key not in yaml_rows:
-            out.append((key, default, "dataclass only: not in the YAML"))
-        elif yaml_rows[key] != default:
-            out.append((key, default, f"the YAML sets {yaml_rows[key]}"))
-    return out
+def types_of(config) -> dict[str, str]:
+    """{field: its type as written} of a config dataclass."""
+    return {f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            for f in dataclasses.fields(config)}
 
 
 def option_section(path: Path, conf: Path, title: str) -> list[str]:
@@ -159,18 +149,19 @@ def option_section(path: Path, conf: Path, title: str) -> list[str]:
     prefix = package(path, conf)
     rows = [(f"{prefix}.{k}" if prefix else k, v, c) for k, v, c in keys_of(path)]
     out = [f"### `{title}`", "", f"`{path.relative_to(ROOT)}`: {cell(header(lines))}", ""]
-    out += table(rows) if rows else ["(no keys of its own)"]
     group, option = title.split("=", 1)
     data = yaml.safe_load(path.read_text()) or {}
     name = data.get(group, {}).get("name", option) if prefix == "" else data.get("name", option)
     config = dataclass_of(group, name)
-    if config is not None:
-        where = config.__module__.replace(".", "/") + ".py"
-        out += ["", f"Config dataclass: <code>{config.__name__}</code> (<code>{where}</code>), the "
-                f"registry's defaults of the <code>{group}.*</code> keys. Where it differs from the YAML:", ""]
-        extra = dataclass_rows(config, group, rows)
-        out += table(extra) if extra else ["(nowhere: the YAML has every field, with the same default)"]
-    return out + [""]
+    if config is None:
+        return out + (table(rows) if rows else ["(no keys of its own)"]) + [""]
+    types = {f"{group}.{k}": t for k, t in types_of(config).items()}
+    out += ["| key | type | default | comment |", "|---|---|---|---|"]
+    out += [f"| <code>{cell(k)}</code> | {cell(types.get(k, ''))} | {code(v)} | {cell(c)} |" for k, v, c in rows]
+    where = config.__module__.replace(".", "/") + ".py"
+    out += ["", f"Types: config dataclass <code>{config.__name__}</code> (<code>{where}</code>), which the "
+            f"registry merges this YAML into; the defaults are the YAML's only.", ""]
+    return out
 
 
 def dataclass_keys(config, prefix: str) -> list[tuple[str, object, str]]:

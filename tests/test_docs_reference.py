@@ -24,27 +24,24 @@ def test_the_reference_names_every_option_key_default_and_comment():
     assert ("| <code>hydra.sweeper.max_trials</code> | <code>null</code> | cap on the study's trials "
             "across all processes") in page
     assert "| <code>trainer.gradient_checkpointing</code> | <code>false</code> | recompute each" in page
-    assert "| <code>method.rank</code> | <code>8</code> | r |" in page
+    # a method's and a router's options with the type from its config dataclass, the YAML's default and comment
+    assert "| <code>method.rank</code> | int | <code>8</code> | r |" in page
+    assert "| <code>router.noise_std</code> | float &#124; None | <code>null</code> | std of the training noise" in page
+    assert "config dataclass <code>LoRAConfig</code> (<code>mmpt/methods/lora.py</code>)" in page
     # a value with a regex `|` stays in its cell
-    assert "<code>.*(SelfAttention&#124;EncDecAttention)" in page
-    # the registry's config dataclass of each method and router is named
-    assert "Config dataclass: <code>LoRAConfig</code> (<code>mmpt/methods/lora.py</code>)" in page
-    assert "Config dataclass: <code>MoEConfig</code>" in page
+    assert gen.code(r".*(q|v)") == "<code>.*(q&#124;v)</code>"
 
 
-def test_a_dataclass_field_missing_from_or_differing_with_the_yaml_is_listed():
+def test_types_of_a_config_dataclass():
     from dataclasses import dataclass
 
     @dataclass
     class Cfg:
-        name: str = "x"
-        rank: int = 8
-        alpha: int = 16
-        hidden: float = 0.5
+        name: str
+        rank: int
+        noise: float | None
 
-    rows = [("method.name", "x", ""), ("method.rank", 4, ""), ("method.alpha", 16, "")]
-    assert gen.dataclass_rows(Cfg, "method", rows) == [
-        ("method.rank", 8, "the YAML sets 4"), ("method.hidden", 0.5, "dataclass only: not in the YAML")]
+    assert gen.types_of(Cfg) == {"name": "str", "rank": "int", "noise": "float | None"}
 
 
 def test_keys_of_reads_nesting_values_and_comments(tmp_path):

@@ -203,7 +203,7 @@ def test_mttl_transfer_on_an_encoder_adds_a_trained_head(tiny_bert_dir, tmp_path
     from mmpt.recipes import finetune
 
     pre = tmp_path / "pre"
-    local = [f"model.name_or_path={tiny_bert_dir}", "model.targets.poly='.*attention.self.(query|value)'"]
+    local = [f"model.name_or_path={tiny_bert_dir}", "method.target_modules='.*attention.self.(query|value)'"]
     pre_cfg = compose_cfg(["model=local", *local, "method=poly_lora", "dataset=glue_superglue_mix",
                            "dataset.tasks=[cola,sst2]", "dataset.max_eval_per_task=16", "dataset.max_length=32",
                            "method.n_skills=2", "method.rank=2", "trainer.max_steps=4", "trainer.eval_every=4"],

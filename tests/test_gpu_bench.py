@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from conftest import ROOT
+from mmpt.models.causal import LLAMA_TARGETS
 
 sys.path.insert(0, str(ROOT))
 from bench import gpu  # noqa: E402
@@ -39,7 +40,8 @@ def test_tiny_run_on_cpu_measures_every_row(tmp_path):
 
 def test_peft_configs_mirror_the_method_settings():
     cfg = gpu.run_cfg("llama_tiny", gpu.TINY["llama-tiny"][1], "lora")
-    lora = gpu.peft_config(cfg, "CAUSAL_LM")
-    assert (lora.r, lora.lora_alpha, lora.target_modules) == (cfg.method.rank, cfg.method.alpha,
-                                                               cfg.method.target_modules)
-    assert gpu.peft_config(gpu.run_cfg("llama_tiny", gpu.TINY["llama-tiny"][1], "prefix_routing"), "CAUSAL_LM") is None
+    sets = LLAMA_TARGETS  # the family's sets: method.target_modules=lora names one
+    lora = gpu.peft_config(cfg, "CAUSAL_LM", sets)
+    assert (lora.r, lora.lora_alpha, lora.target_modules) == (cfg.method.rank, cfg.method.alpha, sets["lora"])
+    assert gpu.peft_config(gpu.run_cfg("llama_tiny", gpu.TINY["llama-tiny"][1], "prefix_routing"), "CAUSAL_LM",
+                           sets) is None

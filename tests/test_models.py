@@ -62,3 +62,40 @@ def test_generate_mode_reports_invalid_rate(tmp_path):
     assert metrics["test/acc"] == 0.0
     rows = [json.loads(l) for l in open(tmp_path / "predictions" / "test.jsonl")]
     assert all(r["prediction"] is None for r in rows)
+
+
+# -- adapter targets: the family's sets, named by method.target_modules --
+LORA = {"name": "lora", "rank": 2, "alpha": 4, "dropout": 0.0}
+
+
+def adapted(model_cfg: dict, target) -> set:
+    """The Linear names a LoRA with `target_modules: target` adapts, the method config a child of a
+    run config holding `model_cfg` (as a run's `method` node is)."""
+    cfg = OmegaConf.create({"model": model_cfg, "method": {**LORA, "target_modules": target}})
+    layers = build_model(cfg.model, cfg.method).method.layers
+    return {n.rsplit(".", 1)[-1] for n in layers}, len(layers)
+
+
+def test_target_modules_names_a_set_of_the_backbones_family():
+    t5 = tiny_cfg()
+    assert adapted(t5, "lora") == ({"q", "v"}, 12)          # 2 x (encoder self; decoder self, cross) x q, v
+    assert adapted(t5, "poly_ffn")[0] == {"q", "k", "v", "o", "wi", "wo"}
+    llama = {"build": "llama_tiny", "name_or_path": None, "tokenizer": None, "d_model": 32, "d_ff": 64,
+             "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "max_positions": 64}
+    assert adapted(llama, "lora") == ({"q_proj", "v_proj"}, 4)
+    assert adapted(llama, "ia3")[0] == {"k_proj", "v_proj", "up_proj"}
+    assert adapted(t5, r".*SelfAttention\.o") == ({"o"}, 4)   # a regex of the user's own: 2 x encoder, decoder
+
+
+def test_the_old_spelling_reads_an_old_runs_regex_or_else_the_familys_set():
+    """`${model.targets.<set>}`: an old run folder's config still has the block, with explicit
+    regexes (here one the family does not have); a command line without it gets the family's set."""
+    old = {**tiny_cfg(), "targets": {"lora": r".*SelfAttention\.k"}}
+    assert adapted(old, "${model.targets.lora}") == ({"k"}, 4)
+    assert adapted({**tiny_cfg(), "targets": {"lora": None}}, "${model.targets.lora}") == ({"q", "v"}, 12)
+    assert adapted(tiny_cfg(), "${model.targets.poly_ffn}")[0] == {"q", "k", "v", "o", "wi", "wo"}
+
+
+def test_an_unknown_set_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"method\.target_modules.*'nothing' matches no Linear"):
+        adapted(tiny_cfg(), "nothing")

@@ -268,7 +268,7 @@ def test_default_targets_are_the_attention_projections_and_ffn_is_an_option():
     names = list(model.method._layers)
     assert len(names) == 4 * (2 + 2 * 2)  # q, k, v, o of 2 encoder and 2 x 2 decoder attentions
     assert all(n.split(".")[-1] in "qkvo" and "DenseReluDense" not in n for n in names)
-    ffn, _ = seed_default_model("method.target_modules=${model.targets.poly_ffn}")
+    ffn, _ = seed_default_model("method.target_modules=poly_ffn")
     assert len(ffn.method._layers) == len(names) + 2 * 4  # + wi, wo of the 4 blocks
 
 

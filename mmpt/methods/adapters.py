@@ -11,12 +11,41 @@ import math
 import re
 
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from mmpt.errors import ConfigError
 
 ADAPTABLE = (nn.Linear, Conv1D)
+# How configs written before the families held the targets spelled a target set: an interpolation
+# into the model config's `targets` block (conf/model/*.yaml had one; old run folders still do).
+OLD_SPELLING = re.compile(r"\$\{model\.targets\.(\w+)\}")
+
+
+def target_pattern(cfg, info, key: str = "target_modules") -> str:
+    """The regex `method.<key>` stands for. A bare name (lora, poly, poly_ffn, ia3) picks that set
+    of the backbone family's default targets (`Family.targets`, handed over in info["targets"]);
+    anything else is the regex itself. An old run folder's `${model.targets.<set>}` reads the
+    explicit regex its config still holds, or, where that is unset, the family's set of that name."""
+    raw = OmegaConf.to_container(cfg, resolve=False).get(key) if OmegaConf.is_config(cfg) else cfg.get(key)
+    old = OLD_SPELLING.fullmatch(raw) if isinstance(raw, str) else None
+    if old:
+        try:
+            value = cfg.get(key)
+        except InterpolationResolutionError:  # a config without the old `model.targets` block
+            value = None
+        if isinstance(value, str):
+            return value
+        raw = old.group(1)
+    targets = info.get("targets") or {}
+    if raw in targets:
+        return targets[raw]
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(f"method.{key}", f"expected one of the backbone family's target sets "
+                          f"{sorted(targets)} or a regex of Linear module names, got {raw!r}")
+    return raw
 
 
 def transposed(layers) -> bool:

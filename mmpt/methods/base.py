@@ -17,7 +17,7 @@ from torch import nn
 from mmpt.errors import ConfigError
 from mmpt.registry import Registry
 
-METHODS = Registry("method", key="method.name")
+METHODS = Registry("method", key="method.name", group="method")  # defaults: conf/method/<name>.yaml
 
 # The fixed vocabulary of parameter-group names; optimizer.groups.<name> configures each.
 GROUP_NAMES = ("backbone", "prompt", "prefix", "mask", "router", "shared_embedding",

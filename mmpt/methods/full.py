@@ -6,7 +6,8 @@ from mmpt.methods.base import METHODS, Method
 
 @dataclass
 class FullConfig:
-    name: str = "full"
+    """Option names and types; defaults and comments: conf/method/full.yaml."""
+    name: str
 
 
 @METHODS.register("full", config=FullConfig)

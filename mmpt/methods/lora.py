@@ -2,17 +2,18 @@
 from dataclasses import dataclass
 
 from mmpt.errors import ConfigError
-from mmpt.methods.adapters import LoRALinear, wrap_linears
+from mmpt.methods.adapters import LoRALinear, target_pattern, wrap_linears
 from mmpt.methods.base import METHODS, Method, positive
 
 
 @dataclass
 class LoRAConfig:
-    name: str = "lora"
-    rank: int = 8                                     # r
-    alpha: float = 16                                 # the update is scaled by alpha / rank
-    dropout: float = 0.05                             # dropout on the adapter's input
-    target_modules: str = "${model.targets.lora}"     # regex, full match on Linear module names
+    """Option names and types; defaults and comments: conf/method/lora.yaml."""
+    name: str
+    rank: int
+    alpha: float
+    dropout: float
+    target_modules: str
 
 
 @METHODS.register("lora", config=LoRAConfig)
@@ -25,7 +26,7 @@ class LoRA(Method):
         self.rank = rank
         # Plain dict {module path: layer} and list: the layers live inside the backbone;
         # registering them here too would give every adapter weight two names in the state dict.
-        self._named = wrap_linears(backbone, cfg.target_modules,
+        self._named = wrap_linears(backbone, target_pattern(cfg, info),
                                    lambda lin: LoRALinear(lin, rank, cfg.alpha, cfg.dropout))
         self._layers = list(self._named.values())
 

@@ -14,28 +14,30 @@ import torch
 from torch import nn
 
 from mmpt.errors import ConfigError
-from mmpt.methods.adapters import PolyIA3Linear, PolyLoRALinear, wrap_linears
+from mmpt.methods.adapters import PolyIA3Linear, PolyLoRALinear, target_pattern, wrap_linears
 from mmpt.methods.base import METHODS, Method, positive
 from mmpt.routers.skills import GRANULARITIES, Average, Table, build_selector, group_key, routing_stats
 
 
 @dataclass
 class PolyLoRAConfig:
-    name: str = "poly_lora"
-    n_skills: int = 8          # adapters in each bank
-    n_splits: int = 1          # routing heads per layer; > 1 is MHR
-    rank: int = 16             # LoRA rank of every skill
-    alpha: float = 1           # the update is scaled by alpha / rank (1 / rank: the MTTL seed)
-    dropout: float = 0.0       # dropout on the adapter's input
-    target_modules: str = "${model.targets.poly}"
+    """Option names and types; defaults and comments: conf/method/poly_lora.yaml."""
+    name: str
+    n_skills: int
+    n_splits: int
+    rank: int
+    alpha: float
+    dropout: float
+    target_modules: str
 
 
 @dataclass
 class PolyIA3Config:
-    name: str = "poly_ia3"
-    n_skills: int = 8
-    n_splits: int = 1
-    target_modules: str = "${model.targets.ia3}"
+    """Option names and types; defaults and comments: conf/method/poly_ia3.yaml."""
+    name: str
+    n_skills: int
+    n_splits: int
+    target_modules: str
 
 
 class PolySkills(Method):
@@ -50,7 +52,7 @@ class PolySkills(Method):
             raise ConfigError("router.granularity", f"expected one of {list(GRANULARITIES)}, got {granularity!r}")
         self.configure(cfg)
         # Plain dict, not submodules: the layers live inside the backbone (one name per weight).
-        self._layers = wrap_linears(backbone, cfg.target_modules, self.make_layer)
+        self._layers = wrap_linears(backbone, target_pattern(cfg, info), self.make_layer)
         # ModuleDict keys cannot hold dots
         self._key = {name: group_key(name, granularity).replace(".", "_") for name in self._layers}
         n_tasks = info.get("n_tasks", 1)

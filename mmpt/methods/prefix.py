@@ -17,11 +17,12 @@ from mmpt.methods.prefix_attention import table_to_state
 
 @dataclass
 class PrefixConfig:
-    name: str = "prefix"
-    num_virtual_tokens: int = 10   # prefix length P per layer
-    placement: str = "both"        # encoder | decoder | both
-    init_std: float = 1.0          # prefix table ~ N(0, init_std)
-    per_task: bool = False         # one prefix per task id of a mixture
+    """Option names and types; defaults and comments: conf/method/prefix.yaml."""
+    name: str
+    num_virtual_tokens: int
+    placement: str
+    init_std: float
+    per_task: bool
 
 
 @METHODS.register("prefix", config=PrefixConfig)

@@ -46,20 +46,21 @@ def mask_kind(cfg) -> str | None:
 
 @dataclass
 class PrefixRoutingConfig:
-    name: str = "prefix_routing"
-    num_virtual_tokens: int = 1              # m: tokens per routed prefix
-    num_virtual_tokens_full: int = 4         # F: rows of the routed pool; routes R = F / m
-    num_shared_virtual_tokens: int = 10      # T_s: shared prefix length
-    share_type: str = "only"                 # only | add | prepend | none
-    topk: int = "${router.topk}"                     # routes mixed per example
-    perturb_router: bool = "${router.perturb}"       # multiplicative noise on the router logits
-    router_dropout: float = "${router.dropout}"      # dropout on the logits when not perturbed
-    gumbel: bool = "${router.gumbel}"                # hard top-1 Gumbel routing (needs topk 1)
-    apply_adaptive_mask: bool = True                 # gate prefix token t of layer l by sigmoid(M[t, l])
-    apply_adaptive_subset_mask: bool = "${.apply_adaptive_mask}"   # one mask per route, mixed by p
-    mask_init_mean: float = 2.5
-    mask_init_std: float = 0.5
-    placement: str = "both"                  # encoder | decoder | both
+    """Option names and types; defaults and comments: conf/method/prefix_routing.yaml."""
+    name: str
+    num_virtual_tokens: int
+    num_virtual_tokens_full: int
+    num_shared_virtual_tokens: int
+    share_type: str
+    topk: int
+    perturb_router: bool
+    router_dropout: float
+    gumbel: bool
+    apply_adaptive_mask: bool
+    apply_adaptive_subset_mask: bool
+    mask_init_mean: float
+    mask_init_std: float
+    placement: str
 
 
 @METHODS.register("prefix_routing", config=PrefixRoutingConfig)

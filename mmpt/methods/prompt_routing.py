@@ -17,14 +17,15 @@ from mmpt.routers.input_router import InputRouter, route_stats, router_options
 
 @dataclass
 class PromptRoutingConfig:
-    name: str = "prompt_routing"
-    num_virtual_tokens: int = 5          # m: tokens per soft prompt
-    num_virtual_tokens_full: int = 20    # F: pool rows; prompts R = F / m (at least 2)
-    init: str = "normal"                 # normal: N(0, 1) | vocab: copies of vocabulary embeddings
-    topk: int = "${router.topk}"                     # prompts mixed per example
-    perturb_router: bool = "${router.perturb}"       # multiplicative noise on the router logits
-    router_dropout: float = "${router.dropout}"      # dropout on the logits when not perturbed
-    gumbel: bool = "${router.gumbel}"                # hard top-1 Gumbel routing (needs topk 1)
+    """Option names and types; defaults and comments: conf/method/prompt_routing.yaml."""
+    name: str
+    num_virtual_tokens: int
+    num_virtual_tokens_full: int
+    init: str
+    topk: int
+    perturb_router: bool
+    router_dropout: float
+    gumbel: bool
 
 
 @METHODS.register("prompt_routing", config=PromptRoutingConfig)

@@ -57,10 +57,11 @@ def init_tokens(n: int, embedding: nn.Embedding, how: str, tokenizer=None, gener
 
 @dataclass
 class PromptTuningConfig:
-    name: str = "prompt_tuning"
-    num_virtual_tokens: int = 20   # soft prompt length
-    init: str = "vocab"            # vocab: copies of random vocabulary embeddings | normal: N(0, 1)
-    per_task: bool = False         # one prompt per task id of a mixture
+    """Option names and types; defaults and comments: conf/method/prompt_tuning.yaml."""
+    name: str
+    num_virtual_tokens: int
+    init: str
+    per_task: bool
 
 
 @METHODS.register("prompt_tuning", config=PromptTuningConfig)

@@ -7,7 +7,7 @@ family: prefix sites, widths, layers, number of task ids.
 """
 from mmpt.methods import METHODS, build_method
 from mmpt.models import causal, encoder, quantize, seq2seq  # noqa: F401  (each registers its family)
-from mmpt.models.backbone import backbone_name, fill_targets, load, load_backbone
+from mmpt.models.backbone import backbone_name, load, load_backbone
 from mmpt.models.family import FAMILIES, Family
 
 __all__ = ["build_model", "check_config", "load_backbone", "backbone_name", "FAMILIES", "Family"]
@@ -33,9 +33,9 @@ def build_model(model_cfg, method_cfg, router_cfg=None, n_tasks: int = 1, tasks=
     if make_method is None:  # before loading: e.g. method=full on a 4-bit backbone
         quantize.check_method(model_cfg, method_cfg.get("name"), METHODS.get(method_cfg.get("name")).obj)
     backbone, tokenizer, family = load(model_cfg)
-    fill_targets(model_cfg, family, backbone.config)  # model=local: the adapter targets of the loaded family
     backbone.requires_grad_(False)
     info = {"sites": family.attention_sites(backbone), **family.shapes(backbone), "n_tasks": n_tasks,
-            "tokenizer": tokenizer}  # prompt init=vocab copies embeddings of its word tokens
+            "tokenizer": tokenizer,  # prompt init=vocab copies embeddings of its word tokens
+            "targets": family.targets(backbone.config)}  # what method.target_modules=lora|poly|... stands for
     method = make_method(backbone, info) if make_method else build_method(method_cfg, backbone, info, router_cfg)
     return family.wrap(backbone, tokenizer, method, tasks, model_cfg)

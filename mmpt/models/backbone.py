@@ -22,17 +22,6 @@ from mmpt.models.family import family_of, family_of_build, supported
 log = logging.getLogger(__name__)
 
 
-def fill_targets(cfg, family, config) -> None:
-    """Set the unset `targets` of a model config from the loaded model's family (in place: the
-    method configs' `${model.targets.<kind>}` then resolve to them)."""
-    targets = cfg.get("targets")
-    if targets is None:
-        return
-    for kind, pattern in family.targets(config).items():
-        if targets.get(kind) is None:
-            targets[kind] = pattern
-
-
 def backbone_name(model_cfg) -> str:
     """The backbone's one name everywhere (checkpoint meta, W&B tags, libraries, logs): the hub id
     or directory it was loaded from, else its in-process build (t5_tiny, minilm, ...)."""

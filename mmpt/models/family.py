@@ -8,7 +8,8 @@ wrap a backbone and a method into the model a run trains. Outside mmpt/models no
 family a model is: it asks the model's `family`.
 
 Adding a family is one module in mmpt/models (a Family subclass registered in FAMILIES and imported
-by mmpt/models/__init__.py) plus, for an in-process build, a YAML in conf/model/.
+by mmpt/models/__init__.py) plus, for an in-process build, a YAML in conf/model/ (with the build's
+shape keys only: the adapter targets come from the family, not from the model YAML).
 """
 import abc
 
@@ -34,7 +35,10 @@ class Family(abc.ABC):
 
     @abc.abstractmethod
     def targets(self, config) -> dict:
-        """Default adapter targets by kind (`lora`, `poly`, `poly_ffn`, `ia3`): Linear-name regexes."""
+        """The family's adapter target sets, the one place they are written: {set name: regex of
+        Linear module names}, with at least `lora` (LoRA's default), `poly` (the skills'), `poly_ffn`
+        (skills on the FFN too) and `ia3`. A method's `target_modules` names a set (its YAML's
+        default) or gives a regex of its own; models/__init__.py hands them over as info["targets"]."""
 
     @abc.abstractmethod
     def attention_sites(self, backbone) -> list[str]:

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 
 from mmpt.registry import Registry
 
-ROUTERS = Registry("router", key="router.name")
+ROUTERS = Registry("router", key="router.name", group="router")  # defaults: conf/router/<name>.yaml
 
 
 @dataclass
 class NoRouterConfig:
-    name: str = "none"
+    """Option names and types; defaults and comments: conf/router/none.yaml."""
+    name: str
 
 
 ROUTERS.register("none", config=NoRouterConfig, kind="none")(None)  # methods that route nothing

@@ -24,12 +24,13 @@ NAME = "input_topk"  # `router.name` of this router (conf/router/input_topk.yaml
 
 @dataclass
 class InputTopkConfig:
-    name: str = NAME
-    topk: int = 1            # routes mixed per example, 1 <= k <= R
-    perturb: bool = True     # training only: logits z * (1 + eps), eps ~ N(0, 1), noise factor detached
-    dropout: float = 0.2     # training only, when perturb is false: dropout on the logits
-    gumbel: bool = False     # training: hard top-1 Gumbel sample, straight-through
-    gumbel_tau: float = 1.0  # Gumbel-softmax temperature
+    """Option names and types; defaults and comments: conf/router/input_topk.yaml."""
+    name: str
+    topk: int
+    perturb: bool
+    dropout: float
+    gumbel: bool
+    gumbel_tau: float
 
 
 @dataclass

@@ -82,8 +82,9 @@ class Selector(nn.Module, abc.ABC):
 
 @dataclass
 class AverageConfig:
-    name: str = "average"
-    granularity: str = "coarsegrained"   # irrelevant for a parameter-free selector
+    """Option names and types; defaults and comments: conf/router/average.yaml."""
+    name: str
+    granularity: str
 
 
 @ROUTERS.register("average", config=AverageConfig, kind="skills")
@@ -94,8 +95,9 @@ class Average(Selector):
 
 @dataclass
 class PrivateConfig:
-    name: str = "private"
-    granularity: str = "coarsegrained"   # irrelevant for a parameter-free selector
+    """Option names and types; defaults and comments: conf/router/private.yaml."""
+    name: str
+    granularity: str
 
 
 @ROUTERS.register("private", config=PrivateConfig, kind="skills")
@@ -137,12 +139,13 @@ class Table(Selector):
 
 @dataclass
 class PolyConfig:
-    name: str = "poly"
-    granularity: str = "finegrained"     # which adapted layers share a selector (group_key)
-    temperature: float = 1.0             # Gumbel-sigmoid temperature of the training samples
-    straight_through: bool = False       # hard 0/1 weights forward, the soft value's gradient backward
-    dropout: float = 0.0                 # training only: each sampled weight dropped with this probability
-    shared_skill: bool = False           # the last skill of every split is always on
+    """Option names and types; defaults and comments: conf/router/poly.yaml."""
+    name: str
+    granularity: str
+    temperature: float
+    straight_through: bool
+    dropout: float
+    shared_skill: bool
 
 
 @ROUTERS.register("poly", config=PolyConfig, kind="skills")
@@ -180,10 +183,11 @@ class Poly(Table):
 
 @dataclass
 class MoEConfig:
-    name: str = "moe"
-    granularity: str = "finegrained"
-    top_k: int = 3                       # skills kept per task and split
-    noise_std: float | None = None       # training noise std on the logits; null = 1 / n_skills
+    """Option names and types; defaults and comments: conf/router/moe.yaml."""
+    name: str
+    granularity: str
+    top_k: int
+    noise_std: float | None
 
 
 @ROUTERS.register("moe", config=MoEConfig, kind="skills")
