@@ -86,3 +86,16 @@ class Registry:
 
     def entries(self) -> list[Entry]:
         return list(self._entries.values())
+
+
+def discover(package: str, path) -> list[str]:
+    """Import every module of a package (its `__name__` and `__path__`): the room of an extension
+    kind whose modules register themselves (mmpt/library/types/, mmpt/recipes/finetune_types/), so a
+    new module there is found without an import list to edit. Returns the modules' names, sorted."""
+    import importlib
+    import pkgutil
+
+    names = sorted(m.name for m in pkgutil.iter_modules(path) if not m.name.startswith("_"))
+    for name in names:
+        importlib.import_module(f"{package}.{name}")
+    return names

@@ -21,7 +21,7 @@ from mmpt.library import types as lib_types
 from mmpt.recipes import library as lib_recipe
 from mmpt.library.__main__ import main as cli
 from mmpt.library.extract import build
-from mmpt.library import merge_types
+from mmpt.library.types import arrow as arrow_type, merges as merge_types
 from mmpt.library.merges import merge
 from mmpt.library.methods import ArrowLinear, DeltaLinear, prototype, uniform_merge
 from mmpt.models import build_model
@@ -213,10 +213,16 @@ def test_arrow_prototype_is_the_top_right_singular_vector():
     assert torch.allclose(p, torch.tensor([0.0, 0.6, 0.8]))
 
 
+def experts_of(ftype, **over):
+    """The `experts` block finetune.py composes for finetune_type=ftype (the defaults of its
+    conf/finetune_type YAML), with `over` merged in (nested blocks as dicts)."""
+    cfg = compose_cfg([f"finetune_type={ftype}"], config_name="finetune")
+    return OmegaConf.merge(cfg.get("experts") or {}, over)
+
+
 def fine(lib, ftype, **opts):
     torch.manual_seed(0)
-    cfg = {"top_k": 4, "temperature": 1.0, "density": 0.2, "majority_sign": "total", **opts}
-    return lib_recipe.prepare_library_model(lib, ftype, OmegaConf.create(cfg), CB)
+    return lib_recipe.prepare_library_model(lib, ftype, experts_of(ftype, **opts), CB)
 
 
 def test_arrow_with_one_expert_and_top_1_is_that_lora(runs, tmp_path):
@@ -312,7 +318,7 @@ def test_prototypes_and_merges_are_cached_and_reused(lib, monkeypatch):
 
     def boom(*a, **kw):
         raise AssertionError("recomputed")
-    monkeypatch.setattr(lib_types, "prototypes", boom)
+    monkeypatch.setattr(arrow_type, "prototypes", boom)
     monkeypatch.setattr(merge_types, "merge", boom)
     again, _ = fine(lib, "arrow")
     fine(lib, "ties", density=0.5)
@@ -350,8 +356,8 @@ def test_library_config_errors(lib, tmp_path):
         fine(lib, "arrow", top_k=0)
     with pytest.raises(ConfigError, match="experts.density"):
         fine(lib, "ties", density=1.5)
-    assert lib_types.types_of("lora") == ["ties", "dare_linear", "dare_ties", "magnitude_prune", "task_arithmetic",
-                                          "phatgoose", "arrow", "uniform", "weighted", "library_poly"]
+    assert lib_types.types_of("lora") == ["arrow", "uniform", "weighted", "library_poly", "ties", "dare_linear",
+                                          "dare_ties", "magnitude_prune", "task_arithmetic", "phatgoose"]
 
 
 def test_report_names_library_runs_by_type():
