@@ -1,5 +1,6 @@
 """Expert libraries: build / show from lora and poly_lora runs, one-line refusals, and the five
 library finetune types (Arrow, uniform, TIES, weighted, library_poly) against hand computations."""
+import dataclasses
 import json
 import shutil
 import zlib
@@ -9,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
-from conftest import compose_cfg, toy_batch
+from conftest import ROOT, compose_cfg, toy_batch
 from mmpt.data import get_task
 from mmpt.data.mixture import num_tasks
 from mmpt.engine import checkpoint
@@ -363,3 +364,30 @@ def test_library_config_errors(lib, tmp_path):
 def test_report_names_library_runs_by_type():
     from mmpt.report.runs import method_name
     assert method_name({"library": "libs/glue", "finetune_type": "ties", "dataset": {"name": "rte"}}) == "library/ties"
+
+
+def shape(node) -> dict:
+    """{key: its sub-shape, or None for a leaf} of an options dataclass or a composed block."""
+    if dataclasses.is_dataclass(node):
+        return {f.name: shape(f.type) if dataclasses.is_dataclass(f.type) else None for f in dataclasses.fields(node)}
+    return {k: shape(v) if isinstance(v, dict) else None for k, v in node.items()}
+
+
+def test_every_finetune_type_has_one_yaml_holding_its_options_and_their_defaults():
+    """conf/finetune_type/<name>.yaml per registered type (and no other); a library type's composed
+    `experts` block has exactly its dataclass's fields, the dataclass no defaults (the YAML's)."""
+    from mmpt.recipes.finetune_types import FINETUNE_TYPES
+
+    yamls = {p.stem for p in (ROOT / "conf" / "finetune_type").glob("*.yaml")}
+    assert yamls == set(FINETUNE_TYPES.names()) | {name for _, name in lib_types.LIBRARY_TYPES.names()}
+    for name in FINETUNE_TYPES.names():
+        assert not experts_of(name)  # a transfer type has no library options
+    for entry in lib_types.LIBRARY_TYPES.entries():
+        block = OmegaConf.to_container(experts_of(entry.name[1]))
+        assert shape(block) == (shape(entry.config) if entry.config else {}), entry.name
+        for config in [entry.config] * bool(entry.config):
+            stack = [config]
+            while stack:
+                for f in dataclasses.fields(stack.pop()):
+                    assert f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING, (entry.name, f.name)
+                    stack += [f.type] * dataclasses.is_dataclass(f.type)

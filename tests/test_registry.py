@@ -1,6 +1,6 @@
 """One registry style: every registered method and router has a YAML in conf/ with exactly its
-config dataclass's keys and defaults (and the reverse), the library types' options are the keys
-of finetune.py's `experts` block, and the registries refuse what they should."""
+config dataclass's keys and defaults (and the reverse), and the registries refuse what they
+should. (Library types and conf/finetune_type: tests/test_library.py.)"""
 from dataclasses import MISSING, dataclass, fields, is_dataclass
 
 import pytest
@@ -8,7 +8,6 @@ import yaml
 
 from conftest import ROOT
 from mmpt.errors import ConfigError
-from mmpt.library.types import LIBRARY_TYPES
 from mmpt.methods import METHODS
 from mmpt.models import FAMILIES
 from mmpt.registry import Registry
@@ -35,14 +34,6 @@ def test_every_entry_has_a_yaml_with_its_keys_and_defaults(group, registry):
         doc = {k: v for k, v in yaml_of(group, entry.name).items() if k != "defaults"}
         assert set(doc) == set(entry.option_names()), entry.name
         assert doc == defaults(entry.config), entry.name  # interpolations compare as their text
-
-
-def test_library_type_options_are_the_finetune_configs_experts_block():
-    experts = yaml.safe_load((ROOT / "conf" / "finetune.yaml").read_text())["experts"]
-    options = {}
-    for entry in LIBRARY_TYPES.entries():
-        options.update(defaults(entry.config) if entry.config else {})
-    assert experts == options
 
 
 def test_families_cover_the_in_process_builds():
