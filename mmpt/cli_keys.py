@@ -15,9 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 from mmpt.errors import ConfigError
 
 
-def _split(argv: list[str]) -> tuple[list[str], list[str]] | None:
-    """(group choices to compose with, dotted keys to look up); None when a choice is a sweep function."""
-    choices, keys = [], []
+def _split(argv: list[str]) -> tuple[list[str], list[str], dict] | None:
+    """(group choices to compose with, dotted keys to look up, {group: its swept options}); None
+    when a choice is a sweep function."""
+    choices, keys, swept = [], [], {}
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
             continue  # -m, --config-dir, ... and Hydra's own flags
@@ -30,7 +31,8 @@ def _split(argv: list[str]) -> tuple[list[str], list[str]] | None:
             return None
         else:
             choices.append(f"{key}={value.split(',')[0]}")  # a sweep over options: its first
-    return choices, keys
+            swept[key] = [v.strip() for v in value.split(",")]
+    return choices, keys, swept
 
 
 def _closest(cfg: DictConfig, key: str) -> str:
@@ -61,7 +63,7 @@ def unknown_key(conf_dir: Path, config_name: str, argv: list[str]) -> ConfigErro
     split = _split(argv)
     if split is None or not split[1]:
         return None
-    choices, keys = split
+    choices, keys, swept = split
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -69,14 +71,54 @@ def unknown_key(conf_dir: Path, config_name: str, argv: list[str]) -> ConfigErro
     try:
         with initialize_config_dir(str(Path(conf_dir).resolve()), version_base="1.3"):
             cfg = compose(config_name, choices, return_hydra_config=True)
+            for key in keys:
+                if not _exists(cfg, key):
+                    return _owners(conf_dir, config_name, choices, cfg, key) or ConfigError(
+                        key, f"no such key (the closest: {_closest(cfg, key)}); to add a new key, write +{key}=...")
+            return _swept_types(config_name, choices, swept, cfg, keys)
     except Exception:  # an unknown option, a bad value: Hydra's (or refuse_unknown_options') to say
         return None
     finally:
         GlobalHydra.instance().clear()
-    for key in keys:
-        if not _exists(cfg, key):
-            return ConfigError(key, f"no such key (the closest: {_closest(cfg, key)}); "
-                               f"to add a new key, write +{key}=...")
+    return None
+
+
+def _swept_types(config_name: str, choices: list[str], swept: dict, cfg: DictConfig, keys: list[str]):
+    """A key that one swept option of a type-naming group (below) lacks: `-m finetune_type=arrow,ties
+    experts.top_k=2` would fail at ties' trial; `++experts.top_k=2` gives it to every type, and the
+    types that do not read it ignore it."""
+    from hydra import compose
+
+    for group, options in swept.items():
+        if not isinstance(cfg.get(group), str):
+            continue
+        rest = [c for c in choices if not c.startswith(f"{group}=")]
+        for option in options[1:]:
+            other = compose(config_name, [*rest, f"{group}={option}"])
+            missing = [k for k in keys if not _exists(other, k)]
+            if missing:
+                return ConfigError(missing[0], f"not an option of {group}={option} (swept); to give it to the "
+                                   f"{group}s that read it, write ++{missing[0]}=...")
+    return None
+
+
+def _owners(conf_dir: Path, config_name: str, choices: list[str], cfg: DictConfig, key: str) -> ConfigError | None:
+    """`key` as an option of another choice of a group that names what it chose (conf/finetune_type:
+    each option sets `finetune_type: <name>` and only its own `experts.*` keys): `experts.general`
+    with finetune_type=ties is arrow's option, not a misspelling. Composes each other option of
+    such a group, on this error path only."""
+    from hydra import compose
+
+    for group in sorted(p for p in Path(conf_dir).iterdir() if p.is_dir()):
+        chosen = cfg.get(group.name)
+        if not isinstance(chosen, str):
+            continue
+        rest = [c for c in choices if not c.startswith(f"{group.name}=")]
+        owners = [p.stem for p in sorted(group.glob("*.yaml")) if p.stem != chosen
+                  and _exists(compose(config_name, [*rest, f"{group.name}={p.stem}"]), key)]
+        if owners:
+            return ConfigError(key, f"not an option of {group.name}={chosen}; it is one of "
+                               f"{group.name}={' | '.join(owners)}")
     return None
 
 

@@ -151,7 +151,11 @@ def option_section(path: Path, conf: Path, title: str) -> list[str]:
     out = [f"### `{title}`", "", f"`{path.relative_to(ROOT)}`: {cell(header(lines))}", ""]
     group, option = title.split("=", 1)
     data = yaml.safe_load(path.read_text()) or {}
-    name = data.get(group, {}).get("name", option) if prefix == "" else data.get("name", option)
+    taken = [f"{k.lstrip('/')}={v}" for d in data.get("defaults") or [] if isinstance(d, dict) for k, v in d.items()]
+    if taken:  # e.g. the merge types' shared options (conf/experts/merge.yaml)
+        out += ["", "Its defaults list adds the keys of: " + ", ".join(f"<code>{cell(t)}</code>" for t in taken)]
+    own = data.get(group)
+    name = (own.get("name", option) if isinstance(own, dict) else option) if prefix == "" else data.get("name", option)
     config = dataclass_of(group, name)
     if config is None:
         return out + (table(rows) if rows else ["(no keys of its own)"]) + [""]

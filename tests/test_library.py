@@ -1,5 +1,6 @@
 """Expert libraries: build / show from lora and poly_lora runs, one-line refusals, and the five
 library finetune types (Arrow, uniform, TIES, weighted, library_poly) against hand computations."""
+import dataclasses
 import json
 import shutil
 import zlib
@@ -9,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
-from conftest import compose_cfg, toy_batch
+from conftest import ROOT, compose_cfg, toy_batch
 from mmpt.data import get_task
 from mmpt.data.mixture import num_tasks
 from mmpt.engine import checkpoint
@@ -21,7 +22,7 @@ from mmpt.library import types as lib_types
 from mmpt.recipes import library as lib_recipe
 from mmpt.library.__main__ import main as cli
 from mmpt.library.extract import build
-from mmpt.library import merge_types
+from mmpt.library.types import arrow as arrow_type, merges as merge_types
 from mmpt.library.merges import merge
 from mmpt.library.methods import ArrowLinear, DeltaLinear, prototype, uniform_merge
 from mmpt.models import build_model
@@ -213,10 +214,16 @@ def test_arrow_prototype_is_the_top_right_singular_vector():
     assert torch.allclose(p, torch.tensor([0.0, 0.6, 0.8]))
 
 
+def experts_of(ftype, **over):
+    """The `experts` block finetune.py composes for finetune_type=ftype (the defaults of its
+    conf/finetune_type YAML), with `over` merged in (nested blocks as dicts)."""
+    cfg = compose_cfg([f"finetune_type={ftype}"], config_name="finetune")
+    return OmegaConf.merge(cfg.get("experts") or {}, over)
+
+
 def fine(lib, ftype, **opts):
     torch.manual_seed(0)
-    cfg = {"top_k": 4, "temperature": 1.0, "density": 0.2, "majority_sign": "total", **opts}
-    return lib_recipe.prepare_library_model(lib, ftype, OmegaConf.create(cfg), CB)
+    return lib_recipe.prepare_library_model(lib, ftype, experts_of(ftype, **opts), CB)
 
 
 def test_arrow_with_one_expert_and_top_1_is_that_lora(runs, tmp_path):
@@ -312,7 +319,7 @@ def test_prototypes_and_merges_are_cached_and_reused(lib, monkeypatch):
 
     def boom(*a, **kw):
         raise AssertionError("recomputed")
-    monkeypatch.setattr(lib_types, "prototypes", boom)
+    monkeypatch.setattr(arrow_type, "prototypes", boom)
     monkeypatch.setattr(merge_types, "merge", boom)
     again, _ = fine(lib, "arrow")
     fine(lib, "ties", density=0.5)
@@ -350,10 +357,37 @@ def test_library_config_errors(lib, tmp_path):
         fine(lib, "arrow", top_k=0)
     with pytest.raises(ConfigError, match="experts.density"):
         fine(lib, "ties", density=1.5)
-    assert lib_types.types_of("lora") == ["ties", "dare_linear", "dare_ties", "magnitude_prune", "task_arithmetic",
-                                          "phatgoose", "arrow", "uniform", "weighted", "library_poly"]
+    assert lib_types.types_of("lora") == ["arrow", "uniform", "weighted", "library_poly", "ties", "dare_linear",
+                                          "dare_ties", "magnitude_prune", "task_arithmetic", "phatgoose"]
 
 
 def test_report_names_library_runs_by_type():
     from mmpt.report.runs import method_name
     assert method_name({"library": "libs/glue", "finetune_type": "ties", "dataset": {"name": "rte"}}) == "library/ties"
+
+
+def shape(node) -> dict:
+    """{key: its sub-shape, or None for a leaf} of an options dataclass or a composed block."""
+    if dataclasses.is_dataclass(node):
+        return {f.name: shape(f.type) if dataclasses.is_dataclass(f.type) else None for f in dataclasses.fields(node)}
+    return {k: shape(v) if isinstance(v, dict) else None for k, v in node.items()}
+
+
+def test_every_finetune_type_has_one_yaml_holding_its_options_and_their_defaults():
+    """conf/finetune_type/<name>.yaml per registered type (and no other); a library type's composed
+    `experts` block has exactly its dataclass's fields, the dataclass no defaults (the YAML's)."""
+    from mmpt.recipes.finetune_types import FINETUNE_TYPES
+
+    yamls = {p.stem for p in (ROOT / "conf" / "finetune_type").glob("*.yaml")}
+    assert yamls == set(FINETUNE_TYPES.names()) | {name for _, name in lib_types.LIBRARY_TYPES.names()}
+    for name in FINETUNE_TYPES.names():
+        assert not experts_of(name)  # a transfer type has no library options
+    for entry in lib_types.LIBRARY_TYPES.entries():
+        block = OmegaConf.to_container(experts_of(entry.name[1]))
+        assert shape(block) == (shape(entry.config) if entry.config else {}), entry.name
+        for config in [entry.config] * bool(entry.config):
+            stack = [config]
+            while stack:
+                for f in dataclasses.fields(stack.pop()):
+                    assert f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING, (entry.name, f.name)
+                    stack += [f.type] * dataclasses.is_dataclass(f.type)

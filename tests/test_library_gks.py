@@ -3,7 +3,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_cfg
+from conftest import ROOT, compose_cfg
+from mmpt.cli_keys import unknown_key
 from mmpt.data import get_task
 from mmpt.errors import ConfigError
 from mmpt.library.gks import subtract
@@ -28,7 +29,7 @@ def test_subtract_takes_the_general_mean_of_a_and_b_once():
 
 
 def test_arrow_with_general_experts_routes_the_task_experts_minus_their_mean(lib):
-    opts = OmegaConf.create({"top_k": 2, "temperature": 1.0, "general": ["t1", "t2"]})
+    opts = OmegaConf.create({"top_k": 2, "temperature": 1.0, "general": ["t1", "t2"]})  # arrow's whole block
     model, _ = prepare_library_model(lib, "arrow", opts, get_task("cb"))
     assert model.method.expert_names == ["t0", "t3"]
     stack = lib.lora_stack()
@@ -45,9 +46,20 @@ def test_arrow_with_general_experts_routes_the_task_experts_minus_their_mean(lib
                                                  ("arrow", "[nosuch]", "'nosuch' is not an expert"),
                                                  ("arrow", "[t0,t1,t2,t3]", "no task expert")])
 def test_bad_general_experts_are_refused_before_the_run_dir(lib, tmp_path, ftype, general, why):
-    cfg = compose_cfg([f"library={lib.path}", "dataset=cb", f"finetune_type={ftype}", f"experts.general={general}"],
+    # ties has no experts.general (the command line refuses it: below); ++ forces it in
+    key = "experts.general" if ftype == "arrow" else "++experts.general"
+    cfg = compose_cfg([f"library={lib.path}", "dataset=cb", f"finetune_type={ftype}", f"{key}={general}"],
                       config_name="finetune", run_dir=tmp_path / "run")
     with pytest.raises(ConfigError, match="experts.general") as e:
         finetune(cfg)
     assert why in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_general_experts_with_another_type_are_refused_on_the_command_line_naming_arrow():
+    """Before Hydra composes (finetune.py's refuse_unknown_keys): arrow's option, not a misspelling."""
+    err = unknown_key(ROOT / "conf", "finetune", ["library=LIB", "finetune_type=ties", "experts.general=[t1]"])
+    assert err.key == "experts.general" and "not an option of finetune_type=ties; it is one of finetune_type=arrow" in str(err)
+    err = unknown_key(ROOT / "conf", "finetune", ["-m", "finetune_type=arrow,ties", "experts.top_k=2"])
+    assert err.key == "experts.top_k" and "finetune_type=ties (swept)" in str(err) and "++experts.top_k=" in str(err)
+    assert unknown_key(ROOT / "conf", "finetune", ["finetune_type=arrow", "experts.general=[t1]"]) is None

@@ -1,16 +1,16 @@
-"""PEFT's merges as library types (mmpt/library/merges.py, merge_types.py): each equals
+"""PEFT's merges as library types (mmpt/library/merges.py, types/merges.py): each equals
 peft.utils.merge_utils' function on the same tensors (the same DARE masks) within 1e-6."""
 import pytest
 import torch
-from omegaconf import OmegaConf
 from peft.utils import merge_utils
 
 from mmpt.errors import ConfigError
 from mmpt.library import types as lib_types
-from mmpt.library.merge_types import merge_options
+from mmpt.library.registry import own_options
+from mmpt.library.types.merges import MergeTypeOptions, merge_options
 from mmpt.library.merges import MERGES, merge
 from mmpt.library.methods import DeltaLinear
-from test_library import fine, lib, runs  # noqa: F401  (fixtures)
+from test_library import experts_of, fine, lib, runs  # noqa: F401  (fixtures)
 
 
 def stack_of(seed=0, E=3, r=2, shapes=((5, 4), (3, 6))):
@@ -80,17 +80,17 @@ def test_each_merge_type_applies_its_merged_update(lib):  # noqa: F811
 @pytest.mark.parametrize("opts, key", [({"density": 0.0}, "experts.density"), ({"density": 1.5}, "experts.density"),
                                        ({"majority_sign": "max"}, "experts.majority_sign"),
                                        ({"merge": {"space": "weights"}}, "experts.merge.space"),
-                                       ({"merge": {"nosuch": 1}}, "experts.merge.nosuch")])
+                                       ({"merge": {"seed": "x"}}, "experts.merge.seed")])
 def test_bad_merge_options_are_one_line_naming_the_key(opts, key):
     with pytest.raises(ConfigError) as e:
-        merge_options(OmegaConf.create({"density": 0.2, "majority_sign": "total", **opts}), "dare_ties")
+        merge_options(own_options(MergeTypeOptions, experts_of("dare_ties", **opts)), "dare_ties")
     assert e.value.key == key
     assert "\n" not in str(e.value)
 
 
 def test_an_unknown_merge_is_refused_listing_the_merges():
     with pytest.raises(ConfigError, match="dare_ties"):
-        merge_options(OmegaConf.create({"density": 0.2, "majority_sign": "total"}), "dare_mean")
+        merge_options(own_options(MergeTypeOptions, experts_of("ties")), "dare_mean")
 
 
 def test_bad_merge_options_are_refused_before_the_run_dir(lib, tmp_path):  # noqa: F811

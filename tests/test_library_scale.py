@@ -16,6 +16,7 @@ from mmpt.library.store import write
 from mmpt.methods.adapters import LoRALinear
 from mmpt.models import build_model
 from mmpt.recipes.library import prepare_library_model
+from test_library import experts_of
 
 
 def layout(model="llama_tiny", rank=2, over=()):
@@ -58,9 +59,8 @@ def test_large_libraries_build_cluster_and_route(tmp_path, n):
     assert sorted(sorted(int(t[1:]) % 8 for t in ts) for ts in groups.values()) == [[g] * (n // 8) for g in range(8)]
     gates = {m: torch.randn(n, A.shape[-1]) for m, (A, _) in lib.lora_stack().items()}
     lib.cached(GATES, lambda: gates)
-    opts = OmegaConf.create({"top_k": 4, "temperature": 1.0})
-    for ftype, cls, k in (("arrow", ArrowLinear, 4), ("phatgoose", PhatgooseLinear, 2)):
-        model, _ = prepare_library_model(lib, ftype, opts, CB)
+    for ftype, cls, k in (("arrow", ArrowLinear, 4), ("phatgoose", PhatgooseLinear, 2)):  # their YAMLs' top_k
+        model, _ = prepare_library_model(lib, ftype, experts_of(ftype), CB)
         model.eval()
         layer = next(m for m in model.backbone.modules() if isinstance(m, cls))
         assert layer.A.shape[0] == n and layer.top_k == k

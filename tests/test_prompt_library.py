@@ -22,6 +22,7 @@ from mmpt.library.extract import build
 from mmpt.recipes.library import prepare_library_model
 from mmpt.models import build_model
 from mmpt.models.backbone import load_tokenizer, minilm_dir
+from test_library import experts_of
 
 SMALL = ["model=t5_tiny", "model.d_model=32", "model.d_ff=64", "model.d_kv=8", "model.dropout=0.0"]
 KEYS = {"prompt_tuning": ["method.num_virtual_tokens=3", "method.init=normal"],
@@ -118,7 +119,7 @@ def test_mismatched_expert_kinds_and_lengths_are_refused_in_one_line(runs, tmp_p
 
 def fine(lib, ftype, task=CB, **opts):
     torch.manual_seed(0)
-    model, chosen = prepare_library_model(lib, ftype, OmegaConf.create(opts), task)
+    model, chosen = prepare_library_model(lib, ftype, experts_of(ftype, **opts), task)
     return model, chosen
 
 

@@ -1,8 +1,7 @@
 """One registry style: every registered method and router has a YAML in conf/ with exactly its
 config dataclass's fields (and the reverse), its values fit the dataclass's types, the YAML is the
-one place of the defaults (the dataclass holds none, and the registry reads the YAML), the library
-types' options are the keys of finetune.py's `experts` block, and the registries refuse what they
-should."""
+one place of the defaults (the dataclass holds none, and the registry reads the YAML), and the
+registries refuse what they should. (Library types and conf/finetune_type: tests/test_library.py.)"""
 from dataclasses import MISSING, dataclass, fields, is_dataclass
 
 import pytest
@@ -13,7 +12,6 @@ from transformers import BertConfig, GPT2Config, LlamaConfig, T5Config
 import mmpt.registry
 from conftest import ROOT
 from mmpt.errors import ConfigError
-from mmpt.library.types import LIBRARY_TYPES
 from mmpt.methods import METHODS
 from mmpt.models import FAMILIES
 from mmpt.models.family import family_of
@@ -83,14 +81,6 @@ def test_adapter_targets_are_the_families_and_the_method_yamls_name_their_sets()
     for config in (T5Config(), BertConfig(), LlamaConfig(), GPT2Config()):
         sets = family_of(config).targets(config)
         assert named | {"poly_ffn"} <= set(sets), config.model_type
-
-
-def test_library_type_options_are_the_finetune_configs_experts_block():
-    experts = yaml.safe_load((ROOT / "conf" / "finetune.yaml").read_text())["experts"]
-    options = {}
-    for entry in LIBRARY_TYPES.entries():
-        options.update(defaults(entry.config) if entry.config else {})
-    assert experts == options
 
 
 def test_families_cover_the_in_process_builds():

@@ -5,7 +5,7 @@
                                                         (lora_experts.py, prompt_experts.py)
     python -m mmpt.library show DIR
     python finetune.py library=DIR dataset=X finetune_type=T
-                                                        types.py: LIBRARY_TYPES; methods.py: arrow,
+                                                        types/: LIBRARY_TYPES; methods.py: arrow,
                                                         merges, weighted (the recipe: mmpt/recipes/library.py)
 """
 from mmpt.library.store import Expert, Library, LibraryError

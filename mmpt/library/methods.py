@@ -158,7 +158,7 @@ class LibraryMethod(Method):
 
 
 class Merged(LibraryMethod):
-    """uniform and the PEFT merges (merge_types.py): one merged update per target module (`deltas`, from the cache)."""
+    """uniform and the PEFT merges (types/merges.py): one merged update per target module (`deltas`, from the cache)."""
 
     def __init__(self, cfg, backbone, info, library, deltas):
         self._deltas = deltas

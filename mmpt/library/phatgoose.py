@@ -4,31 +4,17 @@ Each expert has a gate vector v_e per adapted layer, trained after the fact by
 `python -m mmpt.library gates LIB` (gates.py) and kept in the library's cache (GATES). Per token
 and layer: logits_e = LN(x) . LN(v_e) / tau, LN a LayerNorm without affine terms (mttl's `norm_d`
 on both sides), tau = sqrt(d_in) (mttl's router_temp=-1) or router_temp when > 0; the top_k experts
-are kept and their weights are a softmax over the kept logits.
+are kept and their weights are a softmax over the kept logits. The library type and its options:
+mmpt/library/types/phatgoose.py.
 """
 import math
-from dataclasses import dataclass
 
 import torch.nn.functional as F
 
 from mmpt.library.methods import Arrow, RoutedLinear
-from mmpt.library.registry import LIBRARY_TYPES, block, method_cfg, option
 from mmpt.library.store import LibraryError
 
 GATES = "phatgoose_gates"  # the cache entry: {module: [E, d_in]}, experts in index order
-
-
-@dataclass(frozen=True)
-class PhatgooseOptions:
-    """experts.phatgoose (mttl's PhatgooseSelectorConfig defaults)."""
-    top_k: int = 2               # experts mixed per token and layer
-    router_temp: float = -1.0    # logits divided by this; <= 0: by sqrt(d_in)
-
-
-@dataclass
-class PhatgooseTypeOptions:
-    """What finetune_type=phatgoose reads: its own block, experts.phatgoose."""
-    phatgoose: PhatgooseOptions = PhatgooseOptions()
 
 
 class PhatgooseLinear(RoutedLinear):
@@ -60,21 +46,3 @@ def trained_gates(lib) -> dict:
         raise LibraryError(f"library {lib.path} has no PhatGOOSE gates; train them first: "
                            f"python -m mmpt.library gates {lib.path}")
     return gates
-
-
-def phatgoose_options(lib, opts) -> tuple:
-    """(top_k, router_temp), checked; refused when the library has no gates yet."""
-    o = block(opts, "phatgoose", PhatgooseOptions())
-    top_k = option(o, "top_k", lambda v: isinstance(v, int) and 1 <= v, "an integer >= 1", "experts.phatgoose")
-    temp = option(o, "router_temp", lambda v: isinstance(v, (int, float)), "a number", "experts.phatgoose")
-    trained_gates(lib)
-    return top_k, temp
-
-
-@LIBRARY_TYPES.register(("lora", "phatgoose"), config=PhatgooseTypeOptions, trains=(), check=phatgoose_options)
-def phatgoose(lib, opts, backbone, info):
-    top_k, temp = phatgoose_options(lib, opts)
-    n = len(lib.names)
-    gates = trained_gates(lib)
-    cfg = method_cfg("phatgoose", top_k=min(top_k, n), router_temp=float(temp))
-    return Phatgoose(cfg, backbone, info, lib, lib.lora_stack(), gates)

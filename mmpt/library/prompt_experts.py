@@ -6,7 +6,7 @@ it; a single-task run gives one, named after its task. The expert's file holds `
 `prefix` [P, sites * 2 * H * d_head]; every expert of a library must share the kind, backbone,
 length (and, for prefixes, placement), which `build` checks in one line.
 
-Reuse (the library types in types.py):
+Reuse (the library types in types/prompt.py):
 - RoutedPrompts: SMoP over the library's prompts, which stay frozen. The input router
   (mmpt/routers/input_router.py) gives p over the E experts; sum_topk p_e * prompt_e is prepended.
   Only the router trains.

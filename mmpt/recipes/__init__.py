@@ -2,7 +2,7 @@
 
     train.py       train(cfg): one method on one task or a mixture
     transfer.py    MTTL transfer of a train.py run to a held-out task (pretrained=; FINETUNE_TYPES)
-    library.py     a library's experts on a held-out task (library=; mmpt/library/types.py)
+    library.py     a library's experts on a held-out task (library=; mmpt/library/types/)
     rebuild.py     a finished finetune.py run's model as its recipe built it (python -m mmpt.evaluate)
     common.py      what they share: data, the one place that decides what trains, fit + final evaluation
 

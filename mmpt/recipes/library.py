@@ -1,6 +1,6 @@
 """Library transfer: `finetune.py library=DIR finetune_type=T`, a library's experts on a held-out task.
 
-The library type (mmpt/library/types.py) builds the method over the library's frozen experts on a
+The library type (mmpt/library/types/) builds the method over the library's frozen experts on a
 fresh backbone and names what learns; encoder backbones also train the new task's head. A type
 that trains nothing on a text-to-text backbone is evaluated as it is (zero-shot: no training loop).
 """
@@ -17,6 +17,7 @@ from mmpt.engine.meta import RunMeta
 from mmpt.errors import ConfigError
 from mmpt.library import gks
 from mmpt.library.store import Library
+from mmpt.library.registry import own_options
 from mmpt.library.types import setup_of
 from mmpt.methods.base import GROUP_NAMES
 from mmpt.models import backbone_name, build_model
@@ -26,9 +27,11 @@ from mmpt.runs import run_dir
 log = logging.getLogger(__name__)
 
 
-def prepare_library_model(lib, ftype: str, opts, task):
-    """(model, {group: parameters trained}) of a library finetune_type for `task` (task id 0)."""
+def prepare_library_model(lib, ftype: str, experts, task):
+    """(model, {group: parameters trained}) of a library finetune_type for `task` (task id 0);
+    `experts`: the run's experts block, of which the type reads its own options only."""
     entry = setup_of(lib.kind, ftype)
+    opts = own_options(entry.config, experts)
     model = build_model(OmegaConf.create(lib.index["model"]), None, None, n_tasks=1, tasks=[task],
                         make_method=lambda backbone, info: entry.obj(lib, opts, backbone, info))
     head = list(model.heads.parameters()) if model.family.has_heads else []  # the new task's head
@@ -47,7 +50,7 @@ def finetune(cfg) -> dict:
     entry = setup_of(lib.kind, ftype)  # before the run dir is made, as are the option checks below
     gks.check(lib, ftype, (cfg.get("experts") or {}).get("general"))
     if "check" in entry.extra:
-        entry.extra["check"](lib, cfg.get("experts") or {})
+        entry.extra["check"](lib, own_options(entry.config, cfg.get("experts")))
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     with open_dict(cfg):

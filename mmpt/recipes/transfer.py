@@ -7,13 +7,11 @@ fitting, the loaded skills are scored on test with average routing: `zero_shot/<
 held-out task is read in the pretrained run's input format (`dataset.format`) unless the command
 line sets one.
 
-A fine-tuning type is registered in FINETUNE_TYPES with a FinetuneType (what happens to the
-checkpoint, the routing and which groups train):
-
-    FINETUNE_TYPES.register("Poly")(FinetuneType(load=True, routing="new_row", trains=("adapters", "routing")))
+A fine-tuning type is a FinetuneType (what happens to the checkpoint, the routing and which groups
+train) registered in FINETUNE_TYPES by a module of mmpt/recipes/finetune_types/, with its
+conf/finetune_type/<name>.yaml.
 """
 import logging
-from dataclasses import dataclass
 
 from omegaconf import open_dict
 from transformers import set_seed
@@ -29,29 +27,10 @@ from mmpt.errors import ConfigError
 from mmpt.methods.base import GROUP_NAMES
 from mmpt.models import backbone_name
 from mmpt.recipes.common import chosen_groups, fit_and_test, load_task
-from mmpt.registry import Registry
+from mmpt.recipes.finetune_types import FINETUNE_TYPES, FinetuneType
 from mmpt.runs import build_run_model, open_run, run_dir
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FinetuneType:
-    load: bool                   # load the pretrained checkpoint (False: same architecture, fresh init)
-    routing: object              # new_row (a fresh routing row) | average (uniform, MuZ) | fresh (one-task
-                                 # table) | a function (method) -> the new task's id, for a type of its own
-    trains: tuple | None         # the groups that learn; None = every group the model has
-    plain_adapters: bool = False  # refused on skill checkpoints (their skills need routing)
-
-
-FINETUNE_TYPES = Registry("fine-tuning type", key="finetune_type")
-# the reference's F trains the whole model of any checkpoint
-FINETUNE_TYPES.register("F")(FinetuneType(True, "new_row", None))
-FINETUNE_TYPES.register("A")(FinetuneType(True, "new_row", ("adapters",), plain_adapters=True))
-FINETUNE_TYPES.register("Z")(FinetuneType(True, "new_row", ("routing",)))
-FINETUNE_TYPES.register("MuZ")(FinetuneType(True, "average", ("adapters",)))
-FINETUNE_TYPES.register("PolyRand")(FinetuneType(False, "fresh", ("adapters", "routing")))
-FINETUNE_TYPES.register("Poly")(FinetuneType(True, "new_row", ("adapters", "routing")))
 
 
 def route_new_task(method, spec: FinetuneType, ftype: str) -> int:

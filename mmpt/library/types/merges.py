@@ -2,32 +2,32 @@
 task_arithmetic (mmpt/library/merges.py computes them). Each is one frozen update per adapted
 module, cached in the library per option set, evaluated zero-shot (nothing trains).
 
-Options: `experts.density` and `experts.majority_sign` (shared with the TIES of earlier mmpt, same
-meaning), and the block `experts.merge` (MergeOptions: per-expert weight, the space merged, DARE's seed).
+Options (conf/experts/merge.yaml, which each type's conf/finetune_type/<name>.yaml takes in its
+defaults list): `experts.density` and `experts.majority_sign` (the same keys and meaning as the TIES
+of earlier mmpt) and the block `experts.merge` (per-expert weight, the space merged, DARE's seed).
 """
 from dataclasses import dataclass
 
 from mmpt.errors import ConfigError
 from mmpt.library.merges import MERGES, SPACES, cache_key, merge
 from mmpt.library.methods import Merged
-from mmpt.library.registry import LIBRARY_TYPES, block, method_cfg, option
+from mmpt.library.registry import LIBRARY_TYPES, method_cfg, option
 
 
-@dataclass(frozen=True)
+@dataclass
 class MergeOptions:
     """experts.merge: what every PEFT merge type reads beyond density and majority_sign."""
-    weight: float = 1.0     # each expert's weight (PEFT's `weights`; TIES' lambda): 1 = the sum / disjoint mean as given
-    space: str = "delta"    # delta: merge the updates B A (mmpt) | factors: merge A and B apart (PEFT's add_weighted_adapter)
-    seed: int = 42          # DARE's random keep masks (torch generator seed)
+    weight: float
+    space: str
+    seed: int
 
 
 @dataclass
 class MergeTypeOptions:
-    """What the merge types read: the flat keys of earlier mmpt's ties (same meaning: density of ΔW
-    entries per module) and their own block, experts.merge."""
-    density: float = 0.2          # share of each expert's entries kept: by magnitude (ties, magnitude_prune), at random (dare_*)
-    majority_sign: str = "total"  # ties, dare_ties: each entry's elected sign: of the sum (total) | of the sign count (frequency)
-    merge: MergeOptions = MergeOptions()
+    """What the merge types read: the flat keys of earlier mmpt's ties and their own block."""
+    density: float
+    majority_sign: str
+    merge: MergeOptions
 
 
 def merge_options(opts, name: str) -> dict:
@@ -36,7 +36,7 @@ def merge_options(opts, name: str) -> dict:
         raise ConfigError("finetune_type", f"unknown merge {name!r}; expected one of {sorted(MERGES)}")
     density = option(opts, "density", lambda v: isinstance(v, (int, float)) and 0 < v <= 1, "a number in (0, 1]")
     sign = option(opts, "majority_sign", lambda v: v in ("total", "frequency"), "total or frequency")
-    o = block(opts, "merge", MergeOptions())
+    o = opts["merge"]
     option(o, "weight", lambda v: isinstance(v, (int, float)), "a number", "experts.merge")
     option(o, "space", lambda v: v in SPACES, f"one of {list(SPACES)}", "experts.merge")
     option(o, "seed", lambda v: isinstance(v, int), "an integer", "experts.merge")
