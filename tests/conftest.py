@@ -94,7 +94,16 @@ def _no_unmarked_processes(request, monkeypatch):
 
     def refuse(*args, **kwargs):
         raise AssertionError(f"{request.node.nodeid} starts a process: mark it @pytest.mark.subprocess")
-    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
+
+    execute = subprocess.Popen._execute_child
+
+    def execute_or_refuse(self, args, *rest, **kwargs):
+        # ctypes.util.find_library asks `ldconfig -p` (engine/cost.py finds libc with it): a lookup
+        # of a few milliseconds, not a test starting a program
+        if os.path.basename(str(args[0] if isinstance(args, (list, tuple)) else args).split()[0]) != "ldconfig":
+            refuse()
+        return execute(self, args, *rest, **kwargs)
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", execute_or_refuse)
     monkeypatch.setattr(multiprocessing.util, "spawnv_passfds", refuse)
     for name in ("fork", "posix_spawn", "posix_spawnp", "system"):
         monkeypatch.setattr(os, name, refuse)

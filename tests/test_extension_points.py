@@ -1,36 +1,55 @@
-"""The registries are open for extension: each test registers a small new kind through the public
-registry, from this file alone, and trains it one step through the recipe a user runs.
+"""The extension points, used the way a contributor uses them: each kind is added through its public
+route only (a new module in its room and, where the kind has one, a YAML in conf/) to a throw-away
+copy of the project (tests/extension_kit.py), which then runs the user's commands: train.py, the
+export and the report. If a new kind only worked after another file was edited (an import list, a
+table of names, a schema), its run would fail here.
 
-A method (METHODS), a router (ROUTERS), a fine-tuning type (FINETUNE_TYPES) and a library type
-(LIBRARY_TYPES); each registration is removed again when its test ends."""
+Shared fixtures and helpers first, then one section per kind: a method, a router, a backbone family
+(each `subprocess`: real commands in the copy), then the in-process fine-tuning type and library
+type tests.
+"""
+import csv
 import json
+import textwrap
 from contextlib import contextmanager
-from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from torch import nn
 
 from conftest import compose_cfg
+from extension_kit import ProjectCopy
 from mmpt.library.extract import build
 from mmpt.library.methods import Weighted
 from mmpt.library.types import LIBRARY_TYPES
-from mmpt.methods import METHODS, Method
 from mmpt.recipes import finetune, train
 from mmpt.recipes.transfer import FINETUNE_TYPES, FinetuneType
-from mmpt.routers import ROUTERS
-from mmpt.routers.skills import Table
 
-FAST = ["model=t5_tiny", "model.d_model=32", "model.d_ff=64", "model.d_kv=8", "model.dropout=0.0",
-        "dataset=cb", "dataset.max_length=48", "trainer.max_steps=1", "trainer.eval_batch_size=64",
-        "trainer.batch_size=4"]
+# A tiny T5 and a few steps on CB: every command below takes seconds.
+T5 = ["model=t5_tiny", "model.d_model=32", "model.d_ff=64", "model.d_kv=8", "model.dropout=0.0"]
+SHORT = ["dataset=cb", "dataset.max_length=48", "trainer.batch_size=4", "trainer.eval_batch_size=64"]
+
+
+def added(relpath: str, text: str) -> tuple[str, str]:
+    return relpath, textwrap.dedent(text).lstrip()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> ProjectCopy:
+    """One copy of the project for the module, with every new kind's files added (and nothing else)."""
+    copy = ProjectCopy(tmp_path_factory.mktemp("ext") / "project")
+    for relpath, text in (*METHOD_FILES, *ROUTER_FILES, *FAMILY_FILES):
+        copy.add(relpath, text)
+    return copy
 
 
 @pytest.fixture
 def registered():
-    """register(registry, name, config=..., **extra)(obj), unregistered after the test."""
+    """register(registry, name, config=..., **extra)(obj), unregistered after the test (the
+    in-process tests at the bottom)."""
     done = []
 
     def register(registry, name, **kw):
@@ -44,86 +63,311 @@ def registered():
         registry.unregister(name)
 
 
-def weights(run_dir) -> dict:
-    """The trainable weights of a run's best checkpoint."""
-    return load_file(run_dir / "checkpoints" / "best" / "trainable.safetensors")
-
-
 def pretrain(path, *over):
-    """A finished train.py run in `path`, its config saved as the CLI saves it."""
-    cfg = compose_cfg([*FAST, *over], run_dir=path)
+    """A finished train.py run in `path` (in this process), its config saved as the CLI saves it."""
+    cfg = compose_cfg([*T5, *SHORT, "trainer.max_steps=1", *over], run_dir=path)
     metrics = train(cfg)
     (path / ".hydra").mkdir()
     OmegaConf.save(cfg, path / ".hydra" / "config.yaml")
     return metrics
 
 
-# -- a method --
-@dataclass
-class EmbedScaleConfig:
-    name: str = "embed_scale"
-    init: float = 1.0
+def weights(run_dir) -> dict:
+    """The trainable weights of a run's best checkpoint."""
+    return load_file(Path(run_dir) / "checkpoints" / "best" / "trainable.safetensors")
 
 
-class EmbedScale(Method):
-    """A learned scale per embedding dimension on the input embeddings (the `prompt` group)."""
-
-    def __init__(self, cfg, backbone, info):
-        super().__init__(cfg, backbone, info)
-        self.scale = nn.Parameter(torch.full((info["d_model"],), float(cfg.init)))
-
-    def prepare(self, batch, backbone):
-        embeds = backbone.get_input_embeddings()(batch["input_ids"]) * self.scale
-        return {"inputs_embeds": embeds, "attention_mask": batch["attention_mask"]}, {}
-
-    def param_groups(self):
-        return {"prompt": [self.scale]}
+def train_py(project: ProjectCopy, run_dir: Path, *args: str) -> dict:
+    """`python train.py ARGS` in the copy; the run's metrics.json."""
+    project.run("train.py", *args, f"hydra.run.dir={run_dir}")
+    return json.loads((run_dir / "metrics.json").read_text())
 
 
-def test_a_new_method_registers_and_trains(tmp_path, registered):
-    registered(METHODS, "embed_scale", config=EmbedScaleConfig)(EmbedScale)
-    cfg = compose_cfg([*FAST, "method=lora"], run_dir=tmp_path)
-    with open_dict(cfg):
-        cfg.method = METHODS.get("embed_scale").default_config()
-        cfg.optimizer.groups = {"prompt": {"lr": 0.1}}
-    metrics = train(cfg)
-    assert metrics["trainable_params"] == 32 and 0 <= metrics["test/acc"] <= 1
-    scale = weights(tmp_path)["method.scale"]
-    assert scale.shape == (32,) and not torch.equal(scale, torch.ones(32))  # one AdamW step moved it
-    assert json.loads((tmp_path / "checkpoints" / "best" / "meta.json").read_text())["method"] == "embed_scale"
+def export(project: ProjectCopy, run_dir: Path, fmt: str = "merged") -> Path:
+    out = run_dir.parent / f"{run_dir.name}-{fmt}"
+    project.run("-m", "mmpt.export", str(run_dir), "--format", fmt, "--out", str(out))
+    return out
 
 
-# -- a router (a task-to-skill selector) --
-@dataclass
-class SoftmaxConfig:
-    name: str = "softmax_table"
-    granularity: str = "coarsegrained"
-    temperature: float = 1.0
+def reported(project: ProjectCopy, root: Path) -> list[dict]:
+    """The rows of report.csv written by `python -m mmpt.report ROOT`."""
+    project.run("-m", "mmpt.report", str(root), "--out", str(root / "report"))
+    with open(root / "report" / "report.csv") as f:
+        return list(csv.DictReader(f))
 
 
-class SoftmaxTable(Table):
-    """Deterministic softmax over a learned (task, split, skill) table: no sampling noise."""
+# What every probe script (run in the copy, so it imports the copy's mmpt) starts with: the logits of
+# a run's model as mmpt computes them, and of a plain transformers model, on one fixed batch.
+PROBE = '''
+import json, torch
+from mmpt.runs import load_model, open_run
 
-    def __init__(self, n_tasks, n_splits, n_skills, temperature=1.0):
-        super().__init__(n_tasks, n_splits, n_skills)
-        self.temperature = temperature
-
-    def probs(self, task_ids, sample):
-        return (self.table(task_ids) / self.temperature).softmax(-1)
+DEC = torch.tensor([[0, 2000, 3000], [0, 4000, 2500]])  # decoder inputs, for encoder-decoders
 
 
-def test_a_new_router_registers_and_trains(tmp_path, registered):
-    registered(ROUTERS, "softmax_table", config=SoftmaxConfig, kind="skills")(SoftmaxTable)
+def batch_of(model):
+    ids = torch.randint(1000, 5000, (2, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, -3:] = 0  # a padded row
+    return {"input_ids": ids, "attention_mask": mask, "task_id": torch.zeros(2, dtype=torch.long)}
+
+
+def logits(net, batch, **kw):
+    """A transformers model's logits on the batch (kw: a method's inputs instead of the batch's ids)."""
+    kw = kw or {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    extra = {"decoder_input_ids": DEC} if net.config.is_encoder_decoder else {}
+    with torch.no_grad():
+        return net(**kw, **extra).logits
+
+
+def mmpt_logits(model, batch):
+    """The logits of the backbone as the model's method runs it (its inputs, its routing)."""
+    kw, _ = model.method.prepare(batch, model.backbone)
+    with model.method.routing(batch):
+        return logits(model.backbone, batch, **kw)
+
+
+def run_model(path):
+    run = open_run(path)
+    return run.cfg, load_model(run)
+
+
+def answer(**values):
+    print(json.dumps(values))
+'''
+
+
+def probe(project: ProjectCopy, code: str) -> dict:
+    """Run PROBE + code in the copy; the JSON its last printed line holds."""
+    out = project.run("-c", PROBE + textwrap.dedent(code))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- a method: mmpt/methods/gain.py + conf/method/gain.yaml --
+METHOD_FILES = [added("mmpt/methods/gain.py", '''
+    """Gain: a learned gain (1 + g) on each output unit of the Linear modules matching
+    `method.target_modules`. g starts at 0, so a fresh model computes exactly what its backbone does."""
+    from dataclasses import dataclass
+
+    import torch
+    from torch import nn
+
+    from mmpt.methods.adapters import Wrapped, dims, wrap_linears
+    from mmpt.methods.base import METHODS, Method
+
+
+    class GainLinear(Wrapped):
+        def __init__(self, base):
+            super().__init__()
+            self.base = base
+            self.gain = nn.Parameter(torch.zeros(dims(base)[1]))
+
+        def forward(self, x):
+            y = self.base(x)
+            return y * (1 + self.gain).to(y.dtype)
+
+
+    @dataclass
+    class GainConfig:
+        name: str = "gain"
+        target_modules: str = "${model.targets.ia3}"  # regex, full match on Linear module names
+
+
+    @METHODS.register("gain", config=GainConfig)
+    class Gain(Method):
+        def __init__(self, cfg, backbone, info):
+            super().__init__(cfg, backbone, info)
+            self.layers = wrap_linears(backbone, cfg.target_modules, GainLinear)  # a plain dict: they live in the backbone
+
+        def param_groups(self):
+            return {"adapters": [m.gain for m in self.layers.values()]}
+'''), added("conf/method/gain.yaml", '''
+    # @package _global_
+    # Gain: a learned gain (1 + g), g from 0, on the outputs of the matching Linears (mmpt/methods/gain.py).
+    method:
+      name: gain                # key in mmpt.methods.METHODS
+      target_modules: ${model.targets.ia3}  # regex, full match on Linear module names (default: as IA3's)
+    optimizer:
+      groups:
+        adapters: {lr: 0.05, weight_decay: 0.0}   # the gains
+''')]
+
+
+@pytest.mark.subprocess
+def test_a_new_method_trains_exports_and_is_reported(project, tmp_path):
+    run = tmp_path / "runs" / "gain"
+    metrics = train_py(project, run, *T5, *SHORT, "method=gain", "trainer.max_steps=3", "trainer.eval_every=3")
+    saved = weights(run)
+    assert saved and all(k.endswith(".gain") for k in saved)  # the method's parameters and nothing else
+    assert metrics["trainable_params"] == sum(v.numel() for v in saved.values())
+    assert all(v.abs().max() > 1e-3 for v in saved.values())  # every gain got a gradient and moved
+    merged = export(project, run, "merged")
+    got = probe(project, f'''
+        from transformers import AutoModelForSeq2SeqLM
+        from mmpt.models import build_model, load_backbone
+        cfg, model = run_model({str(run)!r})
+        batch = batch_of(model)
+        torch.manual_seed(0)
+        fresh = build_model(cfg.model, cfg.method).eval()  # step 0: every gain is 0
+        plain = load_backbone(cfg.model)[0].eval()
+        ours = mmpt_logits(model, batch)
+        answer(fresh=(mmpt_logits(fresh, batch) - logits(plain, batch)).abs().max().item(),
+               merged=(logits(AutoModelForSeq2SeqLM.from_pretrained({str(merged)!r}), batch) - ours).abs().max().item(),
+               trained=(ours - logits(plain, batch)).abs().max().item(), scale=ours.abs().max().item())
+    ''')
+    assert got["fresh"] == 0.0  # a zero-initialised gain leaves the logits unchanged, bit for bit
+    assert got["trained"] > 1e-4  # three steps changed them
+    assert got["merged"] <= 1e-5 * max(1.0, got["scale"])  # the merged checkpoint computes what the run did
+    (row,) = reported(project, run.parent)
+    assert (row["method"], row["task"], int(row["trainable_params"])) == ("gain", "cb", metrics["trainable_params"])
+    assert float(row["mean"]) == pytest.approx(100 * metrics["test/acc"])
+
+
+# -- a router: mmpt/routers/softmax_table.py + conf/router/softmax_table.yaml --
+ROUTER_FILES = [added("mmpt/routers/softmax_table.py", '''
+    """A deterministic task-to-skill selector: the softmax of a learned (task, split, skill) table
+    over a temperature, the same in training and evaluation (no sampling noise)."""
+    from dataclasses import dataclass
+
+    from mmpt.routers.base import ROUTERS
+    from mmpt.routers.skills import Table
+
+
+    @dataclass
+    class SoftmaxTableConfig:
+        name: str = "softmax_table"
+        granularity: str = "coarsegrained"  # which adapted layers share a selector
+        temperature: float = 1.0            # softmax temperature
+
+
+    @ROUTERS.register("softmax_table", config=SoftmaxTableConfig, kind="skills")
+    class SoftmaxTable(Table):
+        def __init__(self, n_tasks, n_splits, n_skills, temperature=1.0):
+            super().__init__(n_tasks, n_splits, n_skills)
+            self.temperature = temperature
+
+        def probs(self, task_ids, sample):
+            return (self.table(task_ids) / self.temperature).softmax(-1)
+'''), added("conf/router/softmax_table.yaml", '''
+    # Softmax over a learned task x skill table, no noise (mmpt/routers/softmax_table.py).
+    name: softmax_table         # key in mmpt.routers.ROUTERS
+    granularity: coarsegrained  # finegrained | coarsegrained | coderwise | blockwise | layerwise
+    temperature: 1.0            # softmax temperature
+''')]
+
+
+@pytest.mark.subprocess
+def test_a_new_router_trains_exports_and_is_reported(project, tmp_path):
+    run = tmp_path / "runs" / "softmax"
     # two steps: the skills' B start at 0, so the routing has a gradient from the second step on
-    cfg = compose_cfg([*FAST, "method=poly_lora", "method.n_skills=3", "method.rank=2", "trainer.max_steps=2",
-                       "trainer.eval_every=2"], run_dir=tmp_path)
-    with open_dict(cfg):
-        cfg.router = ROUTERS.get("softmax_table").default_config(temperature=0.5)
-    train(cfg)
-    saved = weights(tmp_path)
-    (logits,) = [v for k, v in saved.items() if k.endswith("selectors.all.logits")]
-    assert logits.shape == (1, 3)
-    assert logits.abs().max() > 0.01  # U(-1e-3, 1e-3) at init; a step of Adam at lr 0.1 moves it ~0.1
+    metrics = train_py(project, run, *T5, *SHORT, "method=poly_lora", "router=softmax_table", "router.temperature=0.5",
+                       "method.n_skills=3", "method.rank=2", "optimizer.groups.routing.lr=0.1",
+                       "trainer.max_steps=2", "trainer.eval_every=2")
+    (logits,) = [v for k, v in weights(run).items() if k.endswith("selectors.all.logits")]
+    assert logits.shape == (1, 3) and logits.abs().max() > 0.01  # U(-1e-3, 1e-3) at init; Adam moved it
+    merged = export(project, run, "merged")
+    got = probe(project, f'''
+        from transformers import AutoModelForSeq2SeqLM
+        cfg, model = run_model({str(run)!r})
+        batch = batch_of(model)
+        (selector,) = model.method.selectors.values()
+        ours = mmpt_logits(model, batch)
+        answer(type=type(selector).__name__, weights=selector(torch.tensor([0]))[0, 0].tolist(),
+               merged=(logits(AutoModelForSeq2SeqLM.from_pretrained({str(merged)!r}), batch) - ours).abs().max().item(),
+               scale=ours.abs().max().item())
+    ''')
+    assert got["type"] == "SoftmaxTable"
+    assert got["weights"] == pytest.approx((logits[0] / 0.5).softmax(-1).tolist(), abs=1e-6)  # by hand
+    sigmoid = torch.sigmoid(logits[0])  # poly's normalised sigmoid: not what ran
+    assert not torch.allclose(torch.tensor(got["weights"]), sigmoid / sigmoid.sum(), atol=1e-4)
+    assert got["merged"] <= 1e-5 * max(1.0, got["scale"])  # task 0's skills folded in
+    (row,) = reported(project, run.parent)
+    assert (row["method"], row["task"]) == ("poly_lora", "cb")
+    assert float(row["mean"]) == pytest.approx(100 * metrics["test/acc"])
+
+
+# -- a backbone family: mmpt/models/opt.py + conf/model/opt_tiny.yaml --
+FAMILY_FILES = [added("mmpt/models/opt.py", '''
+    """OPT (Zhang et al. 2022): decoder-only, learned positions, biased Linears named q/k/v/out_proj and
+    fc1/fc2. The causal family's wrapper runs it; this family gives OPT's module names as the default
+    adapter targets and builds `opt_tiny` in-process."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    from mmpt.models.causal import CausalFamily
+    from mmpt.models.family import FAMILIES
+
+
+    def _tiny_opt(cfg, tokenizer) -> OPTForCausalLM:
+        config = OPTConfig(
+            vocab_size=len(tokenizer), hidden_size=cfg.d_model, word_embed_proj_dim=cfg.d_model, ffn_dim=cfg.d_ff,
+            num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+            max_position_embeddings=cfg.max_positions, dropout=cfg.dropout, attention_dropout=cfg.dropout,
+            init_std=cfg.init_std, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        return OPTForCausalLM(config)
+
+
+    @FAMILIES.register("opt", describe="OPT")
+    class OPTFamily(CausalFamily):
+        name = "opt"
+        tiny = {"opt_tiny": _tiny_opt}
+
+        def matches(self, config) -> bool:
+            return config.model_type == "opt"
+
+        def targets(self, config) -> dict:
+            return {"lora": r".*self_attn\\.(q_proj|v_proj)",
+                    "poly": r".*self_attn\\.(q|k|v|out)_proj",
+                    "poly_ffn": r".*self_attn\\.(q|k|v|out)_proj|.*\\.fc(1|2)",
+                    "ia3": r".*self_attn\\.(k_proj|v_proj)|.*\\.fc1"}
+'''), added("conf/model/opt_tiny.yaml", '''
+    # A small randomly initialised OPT built from a config (mmpt/models/opt.py): learned positions,
+    # biased Linears, ReLU MLP. Tokenizer: MiniLM's WordPiece vocabulary (no download).
+    build: opt_tiny             # built in-process, not loaded
+    name_or_path: null          # not loaded from anywhere
+    tokenizer: null             # null = the MiniLM vocabulary
+    quantization: none          # none | nf4 | fp4 | int8: the frozen backbone in 4 or 8 bits
+    double_quant: false         # 4-bit only: also quantize the quantization constants
+    compute_dtype: null         # 4-bit only: dtype of the dequantized matmuls
+    d_model: 32                 # hidden width
+    d_ff: 64                    # MLP width
+    num_layers: 2               # decoder layers
+    num_heads: 4                # attention heads
+    max_positions: 256          # learned position table length (prompt + continuation)
+    dropout: 0.0                # dropout rate in every layer
+    init_std: 0.02              # weights ~ N(0, init_std)
+    init_seed: 0                # the random weights are the same in every run (like a checkpoint)
+    targets:                    # Linear-module name patterns; null = the family's (mmpt/models/opt.py)
+      lora: null
+      poly: null
+      poly_ffn: null
+      ia3: null
+''')]
+
+
+@pytest.mark.subprocess
+def test_a_new_backbone_family_trains_exports_reloads_and_is_reported(project, tmp_path):
+    runs = tmp_path / "runs"
+    ia3 = ["method=ia3", "optimizer.groups.adapters.lr=0.05", *SHORT, "trainer.eval_every=2"]
+    metrics = train_py(project, runs / "opt", "model=opt_tiny", *ia3, "trainer.max_steps=2")
+    saved = weights(runs / "opt")
+    # the family's own targets: keys, values and fc1 of both layers (2 x (32 + 32 + 64) scales)
+    assert sorted({k.split(".")[-2] for k in saved}) == ["fc1", "k_proj", "v_proj"]
+    assert metrics["trainable_params"] == 256
+    assert all((v - 1).abs().max() > 1e-3 for v in saved.values())  # IA3 scales start at 1; they moved
+    merged = export(project, runs / "opt", "merged")
+    # The merged checkpoint, loaded as any saved OPT: the new family (not the catch-all causal one)
+    # takes its config, and its fresh IA3 (identity) scores the test set exactly as the run did.
+    again = train_py(project, runs / "reloaded", "model=local", f"model.name_or_path={merged}", *ia3,
+                     "trainer.max_steps=0")
+    assert again["trainable_params"] == 256
+    assert again["test/acc"] == metrics["test/acc"]
+    assert (runs / "reloaded" / "predictions" / "test.jsonl").read_text() == \
+        (runs / "opt" / "predictions" / "test.jsonl").read_text()
+    rows = reported(project, runs)  # two backbones (opt_tiny, the local copy): two rows, one score
+    assert [(r["method"], r["task"], int(r["trainable_params"])) for r in rows] == [("ia3", "cb", 256)] * 2
+    assert [float(r["mean"]) for r in rows] == [pytest.approx(100 * metrics["test/acc"])] * 2
 
 
 # -- a fine-tuning type --
