@@ -2,7 +2,8 @@
 route only (a new module in its room and, where the kind has one, a YAML in conf/) to a throw-away
 copy of the project (tests/extension_kit.py), which then runs the user's commands: train.py, the
 export and the report. If a new kind only worked after another file was edited (an import list, a
-table of names, a schema), its run would fail here.
+table of names, a schema), its run would fail here. The contributor's files are in
+tests/extensions/<kind>/, at the paths they take in the project.
 
 Shared fixtures and helpers first, then one section per kind: a method, a router, a backbone family
 (each `subprocess`: real commands in the copy), then the in-process fine-tuning type and library
@@ -33,16 +34,17 @@ T5 = ["model=t5_tiny", "model.d_model=32", "model.d_ff=64", "model.d_kv=8", "mod
 SHORT = ["dataset=cb", "dataset.max_length=48", "trainer.batch_size=4", "trainer.eval_batch_size=64"]
 
 
-def added(relpath: str, text: str) -> tuple[str, str]:
-    return relpath, textwrap.dedent(text).lstrip()
+EXTENSIONS = Path(__file__).parent / "extensions"
+KINDS = ("method", "router", "family")  # tests/extensions/<kind>: files at their paths in the project
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> ProjectCopy:
     """One copy of the project for the module, with every new kind's files added (and nothing else)."""
     copy = ProjectCopy(tmp_path_factory.mktemp("ext") / "project")
-    for relpath, text in (*METHOD_FILES, *ROUTER_FILES, *FAMILY_FILES):
-        copy.add(relpath, text)
+    for kind in KINDS:
+        for path in sorted(p for p in (EXTENSIONS / kind).rglob("*") if p.is_file()):
+            copy.add(path.relative_to(EXTENSIONS / kind).as_posix(), path.read_text())
     return copy
 
 
@@ -143,56 +145,7 @@ def probe(project: ProjectCopy, code: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-# -- a method: mmpt/methods/gain.py + conf/method/gain.yaml --
-METHOD_FILES = [added("mmpt/methods/gain.py", '''
-    """Gain: a learned gain (1 + g) on each output unit of the Linear modules matching
-    `method.target_modules`. g starts at 0, so a fresh model computes exactly what its backbone does."""
-    from dataclasses import dataclass
-
-    import torch
-    from torch import nn
-
-    from mmpt.methods.adapters import Wrapped, dims, wrap_linears
-    from mmpt.methods.base import METHODS, Method
-
-
-    class GainLinear(Wrapped):
-        def __init__(self, base):
-            super().__init__()
-            self.base = base
-            self.gain = nn.Parameter(torch.zeros(dims(base)[1]))
-
-        def forward(self, x):
-            y = self.base(x)
-            return y * (1 + self.gain).to(y.dtype)
-
-
-    @dataclass
-    class GainConfig:
-        name: str = "gain"
-        target_modules: str = "${model.targets.ia3}"  # regex, full match on Linear module names
-
-
-    @METHODS.register("gain", config=GainConfig)
-    class Gain(Method):
-        def __init__(self, cfg, backbone, info):
-            super().__init__(cfg, backbone, info)
-            self.layers = wrap_linears(backbone, cfg.target_modules, GainLinear)  # a plain dict: they live in the backbone
-
-        def param_groups(self):
-            return {"adapters": [m.gain for m in self.layers.values()]}
-'''), added("conf/method/gain.yaml", '''
-    # @package _global_
-    # Gain: a learned gain (1 + g), g from 0, on the outputs of the matching Linears (mmpt/methods/gain.py).
-    method:
-      name: gain                # key in mmpt.methods.METHODS
-      target_modules: ${model.targets.ia3}  # regex, full match on Linear module names (default: as IA3's)
-    optimizer:
-      groups:
-        adapters: {lr: 0.05, weight_decay: 0.0}   # the gains
-''')]
-
-
+# -- a method: tests/extensions/method (mmpt/methods/gain.py, conf/method/gain.yaml) --
 @pytest.mark.subprocess
 def test_a_new_method_trains_exports_and_is_reported(project, tmp_path):
     run = tmp_path / "runs" / "gain"
@@ -223,39 +176,7 @@ def test_a_new_method_trains_exports_and_is_reported(project, tmp_path):
     assert float(row["mean"]) == pytest.approx(100 * metrics["test/acc"])
 
 
-# -- a router: mmpt/routers/softmax_table.py + conf/router/softmax_table.yaml --
-ROUTER_FILES = [added("mmpt/routers/softmax_table.py", '''
-    """A deterministic task-to-skill selector: the softmax of a learned (task, split, skill) table
-    over a temperature, the same in training and evaluation (no sampling noise)."""
-    from dataclasses import dataclass
-
-    from mmpt.routers.base import ROUTERS
-    from mmpt.routers.skills import Table
-
-
-    @dataclass
-    class SoftmaxTableConfig:
-        name: str = "softmax_table"
-        granularity: str = "coarsegrained"  # which adapted layers share a selector
-        temperature: float = 1.0            # softmax temperature
-
-
-    @ROUTERS.register("softmax_table", config=SoftmaxTableConfig, kind="skills")
-    class SoftmaxTable(Table):
-        def __init__(self, n_tasks, n_splits, n_skills, temperature=1.0):
-            super().__init__(n_tasks, n_splits, n_skills)
-            self.temperature = temperature
-
-        def probs(self, task_ids, sample):
-            return (self.table(task_ids) / self.temperature).softmax(-1)
-'''), added("conf/router/softmax_table.yaml", '''
-    # Softmax over a learned task x skill table, no noise (mmpt/routers/softmax_table.py).
-    name: softmax_table         # key in mmpt.routers.ROUTERS
-    granularity: coarsegrained  # finegrained | coarsegrained | coderwise | blockwise | layerwise
-    temperature: 1.0            # softmax temperature
-''')]
-
-
+# -- a router: tests/extensions/router (mmpt/routers/softmax_table.py, conf/router/softmax_table.yaml) --
 @pytest.mark.subprocess
 def test_a_new_router_trains_exports_and_is_reported(project, tmp_path):
     run = tmp_path / "runs" / "softmax"
@@ -286,66 +207,7 @@ def test_a_new_router_trains_exports_and_is_reported(project, tmp_path):
     assert float(row["mean"]) == pytest.approx(100 * metrics["test/acc"])
 
 
-# -- a backbone family: mmpt/models/opt.py + conf/model/opt_tiny.yaml --
-FAMILY_FILES = [added("mmpt/models/opt.py", '''
-    """OPT (Zhang et al. 2022): decoder-only, learned positions, biased Linears named q/k/v/out_proj and
-    fc1/fc2. The causal family's wrapper runs it; this family gives OPT's module names as the default
-    adapter targets and builds `opt_tiny` in-process."""
-    from transformers import OPTConfig, OPTForCausalLM
-
-    from mmpt.models.causal import CausalFamily
-    from mmpt.models.family import FAMILIES
-
-
-    def _tiny_opt(cfg, tokenizer) -> OPTForCausalLM:
-        config = OPTConfig(
-            vocab_size=len(tokenizer), hidden_size=cfg.d_model, word_embed_proj_dim=cfg.d_model, ffn_dim=cfg.d_ff,
-            num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-            max_position_embeddings=cfg.max_positions, dropout=cfg.dropout, attention_dropout=cfg.dropout,
-            init_std=cfg.init_std, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        return OPTForCausalLM(config)
-
-
-    @FAMILIES.register("opt", describe="OPT")
-    class OPTFamily(CausalFamily):
-        name = "opt"
-        tiny = {"opt_tiny": _tiny_opt}
-
-        def matches(self, config) -> bool:
-            return config.model_type == "opt"
-
-        def targets(self, config) -> dict:
-            return {"lora": r".*self_attn\\.(q_proj|v_proj)",
-                    "poly": r".*self_attn\\.(q|k|v|out)_proj",
-                    "poly_ffn": r".*self_attn\\.(q|k|v|out)_proj|.*\\.fc(1|2)",
-                    "ia3": r".*self_attn\\.(k_proj|v_proj)|.*\\.fc1"}
-'''), added("conf/model/opt_tiny.yaml", '''
-    # A small randomly initialised OPT built from a config (mmpt/models/opt.py): learned positions,
-    # biased Linears, ReLU MLP. Tokenizer: MiniLM's WordPiece vocabulary (no download).
-    build: opt_tiny             # built in-process, not loaded
-    name_or_path: null          # not loaded from anywhere
-    tokenizer: null             # null = the MiniLM vocabulary
-    quantization: none          # none | nf4 | fp4 | int8: the frozen backbone in 4 or 8 bits
-    double_quant: false         # 4-bit only: also quantize the quantization constants
-    compute_dtype: null         # 4-bit only: dtype of the dequantized matmuls
-    d_model: 32                 # hidden width
-    d_ff: 64                    # MLP width
-    num_layers: 2               # decoder layers
-    num_heads: 4                # attention heads
-    max_positions: 256          # learned position table length (prompt + continuation)
-    dropout: 0.0                # dropout rate in every layer
-    init_std: 0.02              # weights ~ N(0, init_std)
-    init_seed: 0                # the random weights are the same in every run (like a checkpoint)
-    targets:                    # Linear-module name patterns; null = the family's (mmpt/models/opt.py)
-      lora: null
-      poly: null
-      poly_ffn: null
-      ia3: null
-''')]
-
-
+# -- a backbone family: tests/extensions/family (mmpt/models/opt.py, conf/model/opt_tiny.yaml) --
 @pytest.mark.subprocess
 def test_a_new_backbone_family_trains_exports_reloads_and_is_reported(project, tmp_path):
     runs = tmp_path / "runs"
