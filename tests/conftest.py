@@ -82,6 +82,33 @@ def _threads():
     torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _no_unmarked_processes(request, monkeypatch):
+    """MMPT_TEST_FORBID_PROCESSES=1: a test that starts a process without the `subprocess` marker
+    fails, so `-m "not subprocess"` (the fast loop, docs/design.md "Tests") never starts one.
+    Off by default: an audit to run after adding tests, not a cost on every run."""
+    if os.environ.get("MMPT_TEST_FORBID_PROCESSES") != "1" or request.node.get_closest_marker("subprocess"):
+        return
+    import multiprocessing.util
+    import subprocess
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} starts a process: mark it @pytest.mark.subprocess")
+
+    execute = subprocess.Popen._execute_child
+
+    def execute_or_refuse(self, args, *rest, **kwargs):
+        # ctypes.util.find_library asks `ldconfig -p` (engine/cost.py finds libc with it): a lookup
+        # of a few milliseconds, not a test starting a program
+        if os.path.basename(str(args[0] if isinstance(args, (list, tuple)) else args).split()[0]) != "ldconfig":
+            refuse()
+        return execute(self, args, *rest, **kwargs)
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", execute_or_refuse)
+    monkeypatch.setattr(multiprocessing.util, "spawnv_passfds", refuse)
+    for name in ("fork", "posix_spawn", "posix_spawnp", "system"):
+        monkeypatch.setattr(os, name, refuse)
+
+
 def fit_batch(model, batch, lr: float, steps: int) -> list[float]:
     """AdamW on the model's parameter groups over one fixed batch; the loss after each step."""
     opt = torch.optim.AdamW([p for ps in model.param_groups().values() for p in ps], lr=lr)

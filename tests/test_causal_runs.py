@@ -150,6 +150,8 @@ def test_promptsource_mixture_on_llama_with_template_routing(tmp_path):
     assert len(rows) == 16 and {r["id"].split("/")[0] for r in rows} == {"wnli", "cb"}
 
 
+@pytest.mark.subprocess
+@pytest.mark.sweep
 def test_sweep_over_two_values_on_llama(tmp_path):
     proc = subprocess.run([sys.executable, "train.py", "-m", "model=llama_tiny", *SMALL, "method=lora", "dataset=cb",
                            "trainer.max_steps=2", "trainer.eval_every=2", "method.rank=2,4",
@@ -169,6 +171,7 @@ RESUME = ["model=llama_tiny", *SMALL, "method=prefix_routing", "dataset=cb", "tr
           "trainer.eval_batch_size=64", "trainer.max_steps=9", "trainer.eval_every=3", "trainer.log_every=1", "seed=3"]
 
 
+@pytest.mark.subprocess
 def test_llama_killed_mid_epoch_equals_uninterrupted(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     reference = start("train.py", full, RESUME)

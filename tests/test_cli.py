@@ -46,6 +46,7 @@ def run_cli(tmp_path, *args, script="train.py"):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.subprocess
 def test_cli_run_writes_metrics_predictions_and_checkpoints(tmp_path):
     proc = run_cli(tmp_path, "model=t5_tiny", "method=lora", "dataset=cb", "trainer.max_steps=6",
                    "trainer.eval_every=3", "trainer.batch_size=8", "dataset.max_length=64")
@@ -64,6 +65,7 @@ def test_cli_run_writes_metrics_predictions_and_checkpoints(tmp_path):
     assert events.count("eval") == 2
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("override,key", [
     ("trainer.eval_mode=beam", "trainer.eval_mode"),
     ("optimizer.groups.prefix.lr=-0.1", "optimizer.groups.prefix.lr"),
@@ -77,12 +79,14 @@ def test_bad_config_fails_before_training_naming_the_key(tmp_path, override, key
     assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.subprocess
 def test_training_without_a_train_file_is_a_clear_error(tmp_path):
     proc = run_cli(tmp_path, "model=t5_tiny", "dataset=boolq")
     assert proc.returncode == 2 and "BoolQ" in proc.stderr and "train" in proc.stderr
     assert "BoolQ" not in proc.stdout and len(proc.stderr.strip().splitlines()) == 1  # said once, not logged too
 
 
+@pytest.mark.subprocess
 def test_hub_model_without_network_fails_in_one_line(tmp_path):
     proc = run_cli(tmp_path, "model=t5_small", "dataset=cb")
     assert proc.returncode == 2
@@ -90,6 +94,7 @@ def test_hub_model_without_network_fails_in_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.subprocess
 def test_mttl_grid_preset_is_offered_by_finetune_only():
     cfg = compose_cfg(["hparams_search=mttl_finetune", "pretrained=x"], config_name="finetune")
     assert list(cfg.mean_over_seeds) == [0, 1, 2]
@@ -101,6 +106,7 @@ def test_mttl_grid_preset_is_offered_by_finetune_only():
     assert "hparams_search: lora, prefix, prefix_routing\n" in help_text
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("args, key, closest", [
     (["trainer.max_stepz=3"], "trainer.max_stepz", "trainer.max_steps"),
     (["-m", "hparams_search=lora", "hydra.sweeper.n_trial=2"], "hydra.sweeper.n_trial", "hydra.sweeper.n_trials"),
@@ -124,6 +130,7 @@ def test_a_misspelled_key_is_one_line_naming_it_and_the_closest(tmp_path, args, 
         assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.subprocess
 def test_an_unknown_option_is_refused_before_torch_is_imported():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     proc = subprocess.run([sys.executable, "-X", "importtime", "train.py", "method=nosuch"], cwd=ROOT, env=env,

@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 
 from conftest import DATA, ROOT
 
+pytestmark = [pytest.mark.subprocess, pytest.mark.distributed]
+
 MODELS = {"t5_tiny": ["model.dropout=0.0"], "llama_tiny": []}  # llama_tiny has no dropout
 ARGS = ["method=prefix", "dataset=cb", "trainer.max_steps=6", "trainer.eval_every=3",
         "trainer.log_every=1", "trainer.batch_size=8", "dataset.max_length=64"]

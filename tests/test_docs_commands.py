@@ -110,6 +110,7 @@ def log_of(log: str, where: str) -> str:
     return log[start:end if end > 0 else None][-3000:]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("cmd", [c for c in COMMANDS if c.needs is None and c.page != "README.md"],
                          ids=lambda c: c.where)
 def test_offline_command_runs(cmd, real_runs):

@@ -30,6 +30,7 @@ def assert_one_line(proc, run_dir, key):
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "checkpoints").exists()
 
 
+@pytest.mark.subprocess
 def test_generate_on_an_encoder_is_refused_before_training(tmp_path):
     proc = run_cli(tmp_path, "model=minilm", "method=lora", "dataset=cb", "trainer.eval_mode=generate",
                    "trainer.max_steps=28", "trainer.eval_every=28")
@@ -37,6 +38,7 @@ def test_generate_on_an_encoder_is_refused_before_training(tmp_path):
     assert "rank" in proc.stderr and not (tmp_path / "metrics.jsonl").exists()
 
 
+@pytest.mark.subprocess
 def test_model_local_without_a_path_names_the_key(tmp_path):
     proc = run_cli(tmp_path, "model=local", "method=lora", "dataset=cb")
     assert_one_line(proc, tmp_path, "model.name_or_path")
@@ -72,6 +74,7 @@ def test_a_model_folder_without_a_tokenizer_names_the_key(tmp_path):
     assert model.config.model_type == "bert"
 
 
+@pytest.mark.subprocess
 def test_a_truncated_weights_file_of_a_local_model_is_one_line_naming_it(tmp_path):
     weights = tiny_bert(tmp_path / "bert") / "model.safetensors"
     data = weights.read_bytes()

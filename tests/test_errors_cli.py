@@ -44,6 +44,7 @@ def test_finetune_refuses_model_naming_where_the_backbone_comes_from(tmp_path, s
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.subprocess
 def test_finetune_py_with_model_and_library_is_one_line_not_hydras_error(tmp_path):
     env = {**os.environ, "MMPT_DATA_DIR": str(DATA), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     proc = subprocess.run([sys.executable, "finetune.py", f"library={tmp_path / 'lib'}", "model=gpt2_tiny",

@@ -84,6 +84,7 @@ def test_an_unreadable_adapter_config_names_it(adapter, tmp_path):
         import_into_new_run(peft, tmp_path / "run")
 
 
+@pytest.mark.subprocess
 def test_train_py_refuses_a_truncated_adapter_in_one_line_and_exits_2(adapter, tmp_path):
     peft = shutil.copytree(adapter / "peft", tmp_path / "peft")
     cut(peft / WEIGHTS, CUTS["in the header"])
@@ -122,6 +123,7 @@ def test_a_truncated_checkpoint_is_refused_naming_the_file(tmp_path, where):
     assert one_line(e).endswith(EXPECTED)
 
 
+@pytest.mark.subprocess
 def test_export_of_a_run_with_a_truncated_checkpoint_exits_2_in_one_line(tmp_path):
     run = make_run(tmp_path / "run", "lora", "cb")
     weights = run / "checkpoints" / "best" / checkpoint.WEIGHTS

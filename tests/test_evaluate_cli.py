@@ -96,6 +96,7 @@ def test_an_encoder_run_is_refused_and_skipped_in_a_sweep(run, capsys):
     assert "mmpt_cb" in results(run)["results"] and not (enc / "eval").exists()
 
 
+@pytest.mark.subprocess
 def test_without_lm_eval_one_line_names_the_extra(tmp_path):
     """lm_eval hidden from the interpreter: the command says which extra to install."""
     code = ("import sys; sys.modules['lm_eval'] = None; from mmpt.evaluate.__main__ import main; "

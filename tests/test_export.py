@@ -374,6 +374,7 @@ def test_inexpressible_methods_fail_in_one_line_and_write_nothing(tmp_path, mode
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
 
 
+@pytest.mark.subprocess
 def test_cli_prints_one_line_and_exits_2(lora_run, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mmpt.export", str(tmp_path / "nothing"), "--format", "peft",
                            "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True)

@@ -278,6 +278,7 @@ def cli(script, out, *args):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.subprocess
 def test_pretrain_then_every_finetune_type_from_the_command_line(tmp_path):
     pre = cli("train.py", tmp_path / "pre", "model=t5_tiny", "method=poly_lora", "dataset=glue_superglue_mix",
               "trainer.max_steps=20", "dataset.max_length=64", "dataset.max_eval_per_task=16")

@@ -19,6 +19,8 @@ from mmpt.engine import sharding
 from mmpt.engine.checkpoint import KILL_ENV, WEIGHTS
 from mmpt.errors import ConfigError
 
+pytestmark = [pytest.mark.subprocess, pytest.mark.distributed]
+
 ENV = {**os.environ, "MMPT_DATA_DIR": str(DATA), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
        "OMP_NUM_THREADS": "1"}
 ENV.pop(KILL_ENV, None)

@@ -196,6 +196,7 @@ def test_share_none_ignores_the_shared_length():
     assert model.method.shared is None and model.method.n_tokens == 2
 
 
+@pytest.mark.subprocess
 def test_cli_refuses_a_bad_combination_before_training(tmp_path):
     proc = run_cli(tmp_path, "model=t5_tiny", "method=prefix_routing", "dataset=cb",
                    "method.num_virtual_tokens=3", "method.num_virtual_tokens_full=4")
@@ -203,6 +204,7 @@ def test_cli_refuses_a_bad_combination_before_training(tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "metrics.json").exists()
 
 
+@pytest.mark.subprocess
 def test_cli_run_logs_routing_statistics_and_the_mask_picture(tmp_path):
     proc = run_cli(tmp_path, "model=t5_tiny", "method=prefix_routing", "dataset=cb", "trainer.max_steps=4",
                    "trainer.eval_every=2", "trainer.batch_size=8", "dataset.max_length=64")

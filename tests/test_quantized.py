@@ -107,6 +107,7 @@ def test_bad_quantization_settings_are_one_line_errors_before_loading(monkeypatc
         quantize.bnb_config(OmegaConf.create({"quantization": "int8"}))
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("over, message", [
     (["model.quantization=int4"], "error: config error at `model.quantization`: expected one of "
                                   "['none', 'nf4', 'fp4', 'int8'], got 'int4'"),

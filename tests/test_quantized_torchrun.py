@@ -11,6 +11,8 @@ import pytest
 
 from conftest import DATA, ROOT
 
+pytestmark = [pytest.mark.subprocess, pytest.mark.distributed]
+
 ENV = {**os.environ, "MMPT_DATA_DIR": str(DATA), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
        "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
 for _k in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):

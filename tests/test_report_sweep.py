@@ -12,6 +12,8 @@ import yaml
 
 from conftest import DATA, ROOT
 
+pytestmark = [pytest.mark.subprocess, pytest.mark.sweep]
+
 
 def multirun(script, *args):
     env = {**os.environ, "MMPT_DATA_DIR": str(DATA), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",

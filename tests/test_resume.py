@@ -22,6 +22,8 @@ from safetensors.torch import load_file
 from conftest import DATA, ROOT
 from mmpt.engine.checkpoint import KILL_ENV, WEIGHTS
 
+pytestmark = pytest.mark.subprocess
+
 ENV = {**os.environ, "MMPT_DATA_DIR": str(DATA), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
        "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
 ENV.pop(KILL_ENV, None)

@@ -11,6 +11,8 @@ from conftest import ROOT
 from sweep_toy import run
 from test_report_sweep import multirun
 
+pytestmark = pytest.mark.sweep
+
 
 def one_line_error(proc, key: str) -> str:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -20,6 +22,7 @@ def one_line_error(proc, key: str) -> str:
     return lines[0]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("override,key,words", [
     ("hydra.sweeper.n_jobs=0", "hydra.sweeper.n_jobs", "integer >= 1"),
     ("hydra.sweeper.pruner._target_=optuna.pruners.NoSuchPruner", "hydra.sweeper.pruner", "NoSuchPruner"),
@@ -38,6 +41,7 @@ def test_bad_settings_fail_in_one_line_before_any_trial(tmp_path, override, key,
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.subprocess
 def test_a_pruner_that_cannot_reach_an_in_memory_study_from_other_processes_is_refused(tmp_path):
     proc = run("hydra/sweeper/pruner=median", "hydra/launcher=joblib", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert "cannot reach an in-memory study" in one_line_error(proc, "hydra.sweeper.pruner")
@@ -48,6 +52,7 @@ def test_a_pruner_that_cannot_reach_an_in_memory_study_from_other_processes_is_r
     assert ok.returncode == 0, ok.stdout[-1500:]
 
 
+@pytest.mark.subprocess
 def test_a_database_that_does_not_answer_is_a_timeout_with_the_password_masked(tmp_path):
     """A server that accepts the connection and then says nothing: the connect timeout (10 s) ends it."""
     with socket.socket() as mute:
@@ -69,6 +74,7 @@ def test_a_database_that_does_not_answer_is_a_timeout_with_the_password_masked(t
     assert "cannot be reached" in one_line_error(refused, "hydra.sweeper.storage")
 
 
+@pytest.mark.subprocess
 def test_train_py_refuses_bad_sweep_settings_in_one_line(tmp_path):
     proc = multirun("train.py", "model=t5_tiny", "method=lora", "dataset=cb", "hparams_search=lora",
                     "hydra/sweeper/pruner=hyperband", "optimized_metric=test/acc",
@@ -78,6 +84,7 @@ def test_train_py_refuses_bad_sweep_settings_in_one_line(tmp_path):
     assert optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 's.db'}") == []  # nothing asked
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("script, override, key", [
     ("train.py", "hydra/sweeper/pruner=nosuch", "hydra/sweeper/pruner"),
     ("train.py", "method=lora,nosuch", "method"),  # each value of a sweep over a group
@@ -106,6 +113,7 @@ def test_known_options_sweep_values_and_extra_config_dirs_pass_the_option_check(
         refuse_unknown_options(conf, ["hparams_search=mttl_finetune"])
 
 
+@pytest.mark.subprocess
 def test_trial_values_that_do_not_fit_the_config_stop_the_sweep_in_one_line(tmp_path):
     """Every trial of such a space would fail alike (a preset's space over another method's keys)."""
     url = f"sqlite:///{tmp_path / 's.db'}"

@@ -9,6 +9,8 @@ import pytest
 
 from test_report_sweep import multirun
 
+pytestmark = pytest.mark.sweep
+
 TRIAL = ("model=t5_tiny", "method=lora", "dataset=cb", "hparams_search=lora", "trainer.max_steps=4",
          "trainer.eval_every=2", "dataset.max_length=32", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2")
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
@@ -24,6 +26,7 @@ def trial_log(run) -> tuple[int, int, int, datetime, datetime]:
     return pid, threads, cores, stamps[0], stamps[-1]
 
 
+@pytest.mark.subprocess
 def test_joblib_runs_two_trials_at_once_in_two_processes_each_with_its_share_of_the_cores(tmp_path):
     proc = multirun("train.py", *TRIAL, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                     f"hydra.sweeper.storage=sqlite:///{tmp_path / 'j.db'}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
@@ -37,6 +40,7 @@ def test_joblib_runs_two_trials_at_once_in_two_processes_each_with_its_share_of_
     assert all(sorted(t.intermediate_values) == [2, 4] for t in study.trials)  # reported from the workers
 
 
+@pytest.mark.subprocess
 def test_submitit_local_executor_runs_a_batch_of_trials(tmp_path):
     proc = multirun("train.py", *TRIAL, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=20",
                     f"hydra.sweeper.storage=sqlite:///{tmp_path / 's.db'}", f"hydra.sweep.dir={tmp_path / 'sweep'}")

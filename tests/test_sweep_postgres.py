@@ -17,6 +17,8 @@ from sqlalchemy.engine import make_url
 
 from sweep_toy import ROOT, jobs, run, start, trials
 
+pytestmark = [pytest.mark.subprocess, pytest.mark.sweep, pytest.mark.postgres]
+
 
 def with_password(url: str, pgpass: str | None) -> str:
     """The URL with the password of its host and port from a libpq password file put in."""

@@ -18,6 +18,8 @@ from test_report_sweep import multirun
 from mmpt.recipes import train
 from mmpt.report.__main__ import main as report_main
 
+pytestmark = pytest.mark.sweep
+
 
 def test_on_eval_stops_training_at_the_evaluation_that_says_so(tmp_path, monkeypatch):
     seen = []
@@ -51,6 +53,7 @@ def pruned_sweep(tmp_path_factory):
     return tmp
 
 
+@pytest.mark.subprocess
 def test_a_pruned_trial_stops_at_its_evaluation_writes_pruned_and_is_pruned_in_the_study(pruned_sweep):
     study = optuna.load_study(study_name="pr", storage=f"sqlite:///{pruned_sweep / 'pr.db'}")
     assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
@@ -63,6 +66,7 @@ def test_a_pruned_trial_stops_at_its_evaluation_writes_pruned_and_is_pruned_in_t
         assert max(json.loads(line)["step"] for line in open(run / "metrics.jsonl")) == 5
 
 
+@pytest.mark.subprocess
 def test_optuna_dashboard_serves_the_study_with_states_and_intermediate_values(pruned_sweep):
     dashboard = Path(sys.executable).with_name("optuna-dashboard")
     with socket.socket() as s:  # a free loopback port
@@ -93,6 +97,7 @@ def test_optuna_dashboard_serves_the_study_with_states_and_intermediate_values(p
             server.wait()
 
 
+@pytest.mark.subprocess
 def test_a_mean_over_seeds_trial_is_pruned_before_its_remaining_seeds(tmp_path):
     proc = multirun("train.py", "model=t5_tiny", "method=lora", "dataset=cb", "hparams_search=lora",
                     "trainer.max_steps=2", "trainer.eval_every=1", "dataset.max_length=32", "mean_over_seeds=[0,1,2]",

@@ -12,6 +12,8 @@ import pytest
 from conftest import ROOT
 from test_report_sweep import multirun
 
+pytestmark = pytest.mark.sweep
+
 
 def readme_sweep_lines() -> list[str]:
     text = re.sub(r"\\\n\s*", " ", (ROOT / "README.md").read_text())  # continued lines joined
@@ -26,6 +28,7 @@ def test_readme_has_runnable_sweep_lines():
     assert len(readme_sweep_lines()) >= 1
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("line", readme_sweep_lines())
 def test_a_readme_sweep_line_runs_one_trial_on_a_tiny_model(tmp_path, line):
     args = shlex.split(line.split("#")[0])[3:]  # after `python train.py -m`

@@ -11,6 +11,8 @@ import pytest
 
 from sweep_toy import jobs, run, start, trials, workers
 
+pytestmark = [pytest.mark.subprocess, pytest.mark.sweep]
+
 
 def urls(tmp_path):
     return {"sqlite": f"sqlite:///{tmp_path / 'study.db'}", "journal": f"journal:///{tmp_path / 'study.log'}"}

@@ -10,6 +10,8 @@ from conftest import ROOT
 from hydra_plugins.mmpt_optuna_sweeper import _search_space as search_space
 from hydra_plugins.mmpt_optuna_sweeper._impl import OptunaSweep
 
+pytestmark = pytest.mark.sweep
+
 
 def grid(*params: str) -> list[dict]:
     space, fixed = search_space.parse(list(params))
@@ -63,6 +65,7 @@ def test_a_search_space_given_whole_on_the_command_line_replaces_the_presets():
     assert other._space() == {"optimizer.groups.adapters.weight_decay": "choice(0.0,0.1)"}
 
 
+@pytest.mark.subprocess
 def test_the_plugin_modules_hydra_imports_at_every_start_import_no_optuna_torch_or_sqlalchemy():
     """Hydra imports every module of hydra_plugins whose name has no leading `_` at each start:
     the plugin class and its registered settings (config.py)."""

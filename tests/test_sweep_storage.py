@@ -10,6 +10,8 @@ import pytest
 from sweep_toy import ROOT, jobs, run, trials
 from test_sweep_errors import one_line_error
 
+pytestmark = [pytest.mark.subprocess, pytest.mark.sweep]
+
 
 @pytest.mark.parametrize("url,words", [
     ("postgresql://mmpt:s3cr@tW0rd@127.0.0.1:1/mmpt", "percent-encode"),

@@ -12,6 +12,8 @@ import pytest
 
 from conftest import DATA, ROOT
 
+pytestmark = [pytest.mark.subprocess, pytest.mark.distributed, pytest.mark.sweep]
+
 ENV = {**os.environ, "MMPT_DATA_DIR": str(DATA), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
        "OMP_NUM_THREADS": "1"}
 # llama_tiny LoRA with dropout off (as tests/test_fsdp.py), two TPE trials from sampler seed 0

@@ -1,12 +1,19 @@
 """Methods: `method.name` in the config -> a class registered in METHODS (mmpt/methods/base.py).
 
-Each method module registers its class with its config dataclass; importing them here, at the top,
-completes the registry. A new method is one module (registered the same way) plus one YAML in
-conf/method/.
+Each method module registers its class with its config dataclass; every module of this package is
+imported below, which completes the registry. A new method is one new module here (registered the
+same way) plus one YAML in conf/method/: no list of names to edit.
 """
+import importlib
+import pkgutil
+
 from mmpt.errors import ConfigError
-from mmpt.methods import full, ia3, lora, poly, prefix, prefix_routing, prompt_routing, prompt_tuning  # noqa: F401
 from mmpt.methods.base import GROUP_NAMES, METHODS, Method
+
+# Import every module of this package: each registers what it defines, so a new method is a new
+# file here. Sorted by file name, so the registry's order (listings, error messages) never varies.
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = ["METHODS", "GROUP_NAMES", "Method", "build_method"]
 

@@ -1,14 +1,23 @@
 """Build the model a run trains: backbone (frozen) + method, wrapped by the backbone's family.
 
-Families (mmpt/models/family.py) are registered by the modules imported below: T5 (seq2seq.py:
-text-to-text), BERT-style encoders (encoder.py: one head per task) and decoder-only causal LMs
-(causal.py: the verbalizer as the prompt's continuation). Methods see the same `info` whatever the
-family: prefix sites, widths, layers, number of task ids.
+Families (mmpt/models/family.py) are registered by the modules of this package, all imported
+below: T5 (seq2seq.py: text-to-text), BERT-style encoders (encoder.py: one head per task) and
+decoder-only causal LMs (causal.py: the verbalizer as the prompt's continuation). A new family is
+one new module here plus, for an in-process build, a YAML in conf/model/. Methods see the same
+`info` whatever the family: prefix sites, widths, layers, number of task ids.
 """
+import importlib
+import pkgutil
+
 from mmpt.methods import METHODS, build_method
-from mmpt.models import causal, encoder, quantize, seq2seq  # noqa: F401  (each registers its family)
+from mmpt.models import quantize
 from mmpt.models.backbone import backbone_name, load, load_backbone
 from mmpt.models.family import FAMILIES, Family
+
+# Import every module of this package: each registers what it defines, so a new family is a new
+# file here. Sorted by file name, so the registry's order (listings, error messages) never varies.
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = ["build_model", "check_config", "load_backbone", "backbone_name", "FAMILIES", "Family"]
 

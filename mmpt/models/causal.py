@@ -187,7 +187,7 @@ GPT2_TARGETS = {"lora": r".*attn\.c_attn",
                 "ia3": r".*attn\.c_attn|.*mlp\.c_fc"}
 
 
-@FAMILIES.register("causal", describe="decoder-only causal LMs")
+@FAMILIES.register("causal", describe="decoder-only causal LMs", fallback=True)  # a family of one type goes first
 class CausalFamily(Family):
     """Decoder-only LMs: the verbalizer is the prompt's continuation; prefixes in every layer."""
     name = "causal"

@@ -7,9 +7,10 @@ heads, its attention sites (where prefixes enter), its shapes, how its positions
 wrap a backbone and a method into the model a run trains. Outside mmpt/models nothing asks which
 family a model is: it asks the model's `family`.
 
-Adding a family is one module in mmpt/models (a Family subclass registered in FAMILIES and imported
-by mmpt/models/__init__.py) plus, for an in-process build, a YAML in conf/model/ (with the build's
-shape keys only: the adapter targets come from the family, not from the model YAML).
+Adding a family is one module in mmpt/models (a Family subclass registered in FAMILIES; the package
+imports every module it holds) plus, for an in-process build, a YAML in conf/model/ (with the build's
+shape keys only: the adapter targets come from the family, not from the model YAML). A family
+registered with `fallback=True` (causal: every decoder-only type) is asked after the others.
 """
 import abc
 
@@ -63,8 +64,10 @@ class Family(abc.ABC):
 
 
 def family_of(config) -> Family | None:
-    """The family that takes a loaded config (None: no family does)."""
-    for entry in FAMILIES.entries():
+    """The family that takes a loaded config (None: no family does). Fallback families are asked
+    last, so a family for one model type (a new module, even a subclass of the fallback's class)
+    wins over the catch-all whatever the order in which the modules registered."""
+    for entry in sorted(FAMILIES.entries(), key=lambda e: e.extra.get("fallback", False)):
         family = entry.obj()
         if family.matches(config):
             return family
