@@ -6,7 +6,7 @@ which sweep it is, the trial it reports to - travels as this frozen object, so t
 mmpt/trial.py, the recipes and the engine work the same when called as a library (tests, notebooks,
 `python -m mmpt.evaluate`), with `RunContext()`: no Hydra run folder, no sweep, no trial.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -16,7 +16,9 @@ class TrialSpec:
     study: str             # the study's name
     storage: str | None    # its storage URL; None: in memory, reachable in the sweeper's process only
     number: int            # the trial's number in the study (it names the job's folder too)
-    pruner: object = None  # the sweep's Optuna pruner (built at the door from hydra.sweeper.pruner)
+    # the sweep's Optuna pruner, built at the door from hydra.sweeper.pruner (not part of the
+    # trial's identity: mmpt/trial.py keeps one handle per trial)
+    pruner: object = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
