@@ -1,5 +1,9 @@
-"""What train.py and finetune.py share: seeds averaging, sweep-friendly errors, one-line failures,
-and (a Hydra callback) one run dir for all torchrun processes.
+"""What train.py and finetune.py share: the run context (Hydra's state, read here once), seeds
+averaging, sweep-friendly errors, one-line failures, and (a Hydra callback) one run dir for all
+torchrun processes.
+
+This is the door: below it (mmpt/runs.py, mmpt/trial.py, the recipes and the engine) nothing reads
+Hydra; they get a `mmpt.context.RunContext` (tests/test_boundary.py).
 
 Light on purpose: train.py imports it before Hydra composes, and a refused command (an unknown
 option, a misspelled key, a setting refused from the config alone) must not wait for torch or
@@ -7,28 +11,25 @@ transformers. Those are imported inside the functions that run a command.
 """
 import json
 import logging
-import math
 import os
 import signal
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict, read_write
 
+from mmpt.cli_context import cores as cores_here, run_context
+from mmpt.context import RunContext
 from mmpt.errors import ConfigError, MMPTError
 
 log = logging.getLogger("mmpt")
 
 
-def in_sweep() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def over_seeds(fn, cfg) -> dict:
+def over_seeds(fn, cfg, ctx: RunContext = RunContext()) -> dict:
     """Train once per seed of `mean_over_seeds` (each in <run>/seed_<s>) and write their mean."""
     from mmpt import trial
     from mmpt import distributed
@@ -43,9 +44,10 @@ def over_seeds(fn, cfg) -> dict:
         with open_dict(sub):
             sub.seed, sub.mean_over_seeds = seed, None
             sub.paths.output_dir = str(out / f"seed_{seed}")
-        runs.append(fn(sub))
+        # the seed runs are parts of the trial: it hears of them after each seed, not at each evaluation
+        runs.append(fn(sub, replace(ctx, trial=None)))
         # in a sweep's trial: report the mean so far at step len(runs); a pruned trial skips the rest
-        pruned = trial.report_seeds(runs, cfg.get("optimized_metric") or runs[0].get("optimized_metric_key"))
+        pruned = trial.report_seeds(ctx.trial, runs, cfg.get("optimized_metric") or runs[0].get("optimized_metric_key"))
         if pruned and len(runs) < len(seeds):
             break
     keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -60,7 +62,7 @@ def over_seeds(fn, cfg) -> dict:
 
 
 def main_wrapper(fn, cfg):
-    """Run fn(cfg) and return the optimized metric.
+    """Run fn(cfg, ctx) with this job's run context and return the optimized metric.
 
     A user error (MMPTError) exits with status 2 and one line, no traceback. Inside a sweep it is
     re-raised instead, so the sweeper records the trial as failed and goes on. Outside a sweep it
@@ -70,15 +72,16 @@ def main_wrapper(fn, cfg):
     from mmpt import distributed
     from mmpt.runs import check_command, claim_run_dir
 
+    ctx = run_context()
     try:
         with distributed.session():
             check_command(cfg)  # before anything is written (TorchrunRunDir checked it before Hydra's run dir)
-            plan = run_threads(cfg)
-            claim_run_dir(cfg)  # .hydra/ and the log file; refuses to resume into another run
-            set_threads(plan)
-            metrics = over_seeds(fn, cfg) if cfg.get("mean_over_seeds") else fn(cfg)
+            plan = run_threads(cfg, ctx.trials_at_once)
+            claim_run_dir(cfg, ctx)  # .hydra/ and the log file; refuses to resume into another run
+            set_threads(plan, ctx.sweep)
+            metrics = over_seeds(fn, cfg, ctx) if cfg.get("mean_over_seeds") else fn(cfg, ctx)
     except MMPTError as e:
-        if in_sweep():
+        if ctx.sweep:
             log.error("%s", e)
             raise
         refuse(e)
@@ -111,7 +114,7 @@ def refuse_unknown_options(conf_dirs: list[Path], argv: list[str]) -> None:
                 refuse(ConfigError(key, f"no option {option!r} (expected one of: {', '.join(options)})"))
 
 
-def run_threads(cfg) -> tuple[int | None, int, int]:
+def run_threads(cfg, at_once: int = 1) -> tuple[int | None, int, int]:
     """(torch CPU threads for this run or None for torch's default, cores, trials at once):
     `trainer.threads`, else in a sweep whose launcher runs several trials side by side on this
     machine, each its share (cores // trials at once), so that they share the cores instead of
@@ -119,37 +122,21 @@ def run_threads(cfg) -> tuple[int | None, int, int]:
     threads = cfg.trainer.get("threads")
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise ConfigError("trainer.threads", f"expected null (automatic) or an integer >= 1, got {threads!r}")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    at_once = trials_at_once(cores) if in_sweep() else 1
+    cores = cores_here()
     if threads is None and at_once > 1:
         threads = max(1, cores // at_once)
     return threads, cores, at_once
 
 
-def set_threads(plan: tuple[int | None, int, int]) -> None:
+def set_threads(plan: tuple[int | None, int, int], sweep: bool = False) -> None:
     import torch
 
     threads, cores, at_once = plan
     if threads is not None:
         torch.set_num_threads(threads)
-    if in_sweep():
+    if sweep:
         log.info("pid %d: %d torch threads (%d cores, %d trials at once)", os.getpid(), torch.get_num_threads(),
                  cores, at_once)
-
-
-def trials_at_once(cores: int) -> int:
-    """How many jobs of this sweep the launcher runs at the same time on this machine."""
-    hc = HydraConfig.get()
-    launcher = str(hc.launcher.get("_target_", ""))
-    batch = hc.sweeper.get("n_jobs") or math.inf  # an Optuna sweeper launches batches of n_jobs
-    if "JoblibLauncher" in launcher:
-        n = hc.launcher.get("n_jobs") or 1
-        n = n if n > 0 else max(1, cores + 1 + n)  # joblib: -1 = all cores, -2 = all but one, ...
-    elif launcher.endswith("LocalLauncher"):  # submitit's local executor: one process per job
-        n = hc.launcher.get("array_parallelism") or math.inf
-    else:
-        return 1  # the basic launcher runs jobs one after another; Slurm gives each job its own cores
-    return int(min(n, batch, cores))  # more trials than cores: one thread each all the same
 
 
 def refuse_before_run_dir(config: DictConfig) -> None:

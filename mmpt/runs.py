@@ -10,13 +10,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from transformers import set_seed
 
 from mmpt.config_keys import drop_defaults
+from mmpt.context import RunContext
 from mmpt.data.mixture import num_tasks, tasks_of
-from mmpt import distributed
+from mmpt import distributed, settings
 from mmpt.engine import checkpoint
 from mmpt.errors import CheckpointError, ConfigError
 from mmpt.models import build_model, check_config, quantize
@@ -49,34 +49,32 @@ def config_changes(saved, cfg) -> list[str]:
 
 
 def check_command(cfg) -> None:
-    """The refusals a command's config alone decides (trainer settings, trainer.strategy, the
+    """The refusals a command's config alone decides (trainer and optimizer settings, trainer.strategy, the
     quantization keys, a method a quantized backbone cannot train), made before Hydra makes the run
     dir (mmpt.cli.TorchrunRunDir.on_run_start) and again before claim_run_dir: a refused command
     writes nothing."""
     from mmpt.engine import sharding
-    from mmpt.engine.loop import validate_trainer
 
     model = cfg.get("model")  # finetune.py: null, its backbone comes from the pretrained run
     if model is not None:
         check_config(model, cfg.get("method"))
     if cfg.get("trainer") is not None:
-        validate_trainer(cfg.trainer)
-        sharding.check_strategy(cfg.trainer, model is not None and quantize.quantized(model))
+        training = settings.of(cfg).training  # every trainer and optimizer value, one line for a bad one
+        sharding.check_strategy(training.strategy, model is not None and quantize.quantized(model))
 
 
-def claim_run_dir(cfg) -> None:
-    """Write this command's `.hydra/` (config, hydra, overrides) into Hydra's run dir and log to
-    `<job>.log` there, unless the command is refused first.
+def claim_run_dir(cfg, ctx: RunContext) -> None:
+    """Write this command's `.hydra/` (config, hydra, overrides) into Hydra's run dir (the run
+    context's) and log to `<job>.log` there, unless the command is refused first.
 
     Hydra writes neither itself (conf/hydra/default.yaml), so a refused command leaves a finished
     run's files byte for byte as they were. resume=true is refused when the dir holds a run whose
     config differs in more than RUN_CONTROL keys; when accepted, the run keeps the `.hydra/` of
     its first start.
     """
-    if not HydraConfig.initialized():
+    if ctx.run_dir is None:
         return  # called as a library (tests): the caller owns the directory
-    hydra = HydraConfig.get()
-    out = Path(hydra.runtime.output_dir)
+    out = ctx.run_dir
     saved = out / CONFIG
     resuming = bool(cfg.get("resume")) and saved.exists()
     if resuming:
@@ -86,11 +84,12 @@ def claim_run_dir(cfg) -> None:
                               f"{'; ...' if len(changes) > 3 else ''}); resume=true only continues the "
                               "same run: choose another hydra.run.dir")
     if distributed.is_main() and not resuming:
-        files = {"config.yaml": cfg, "hydra.yaml": HydraConfig.instance().cfg, "overrides.yaml": hydra.overrides.task}
-        for name, node in files.items():
+        files = {"config.yaml": OmegaConf.to_yaml(cfg), "hydra.yaml": ctx.hydra_yaml,
+                 "overrides.yaml": OmegaConf.to_yaml(list(ctx.overrides))}
+        for name, text in files.items():
             tmp = saved.with_name(name + ".tmp")  # written whole or not at all: other ranks read it
             tmp.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(OmegaConf.to_yaml(node))
+            tmp.write_text(text)
             os.replace(tmp, saved.with_name(name))
     if not distributed.is_main():
         return  # under torchrun only rank 0 writes files and logs
@@ -98,7 +97,7 @@ def claim_run_dir(cfg) -> None:
     for handler in [h for h in root.handlers if h.name == "mmpt-run-log"]:  # a sweep's previous job
         root.removeHandler(handler)
         handler.close()
-    handler = logging.FileHandler(out / f"{hydra.job.name}.log")
+    handler = logging.FileHandler(out / f"{ctx.job_name}.log")
     handler.name = "mmpt-run-log"
     handler.setFormatter(next((h.formatter for h in root.handlers if h.formatter), None))
     root.addHandler(handler)

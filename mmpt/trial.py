@@ -2,9 +2,10 @@
 
 mmpt's sweeper (hydra_plugins/mmpt_optuna_sweeper) gives every job its trial through the job's
 overrides (`+hydra.sweeper.trial=<number>`, and the study's name), because jobs may run in other
-processes or on other machines. The job opens the study's storage (`hydra.sweeper.storage`, the
-same URL the sweeper opened), reports the optimized val metric to its trial after every
-evaluation, and stops when the sweep's pruner (`hydra.sweeper.pruner`) says so. The sweeper then
+processes or on other machines; the entry point reads them into the run context's TrialSpec
+(mmpt/cli_context.py), with the sweep's pruner. The job opens the study's storage (the same URL
+the sweeper opened), reports the optimized val metric to its trial after every evaluation (the
+recipe hands the Trainer `eval_callback`'s hook), and stops when the pruner says so. The sweeper then
 marks the trial PRUNED: the job only returns `Pruned(step, value)` instead of its value.
 
 A `mean_over_seeds` trial reports once per finished seed instead: at step k (1, 2, ...) the mean of
@@ -16,9 +17,9 @@ import functools
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from mmpt import distributed
+from mmpt.context import TrialSpec
 from mmpt.storage import first_line, open_storage
 
 log = logging.getLogger(__name__)
@@ -63,69 +64,48 @@ class TrialReporter:
         return prune
 
 
-def current() -> TrialReporter | None:
-    """This job's trial, when it is a trial of mmpt's sweeper whose study it can reach."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-    from omegaconf import OmegaConf
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    sweeper = HydraConfig.get().sweeper
-    number = OmegaConf.select(sweeper, "trial", default=None)
-    if number is None:
-        return None
-    return _reporter(sweeper.study_name, OmegaConf.select(sweeper, "storage", default=None), int(number),
-                     OmegaConf.to_yaml(sweeper.get("pruner") or {}))
-
-
 @functools.lru_cache(maxsize=4)
-def _reporter(study_name: str, url, number: int, pruner_yaml: str) -> TrialReporter | None:
+def reporter(spec: TrialSpec | None) -> TrialReporter | None:
+    """The handle on the run context's trial (None outside a trial, or where its study cannot be
+    reached from here)."""
+    if spec is None:
+        return None
     import optuna
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    storage = IN_PROCESS.get(study_name) if url is None else open_storage(url)
+    storage = IN_PROCESS.get(spec.study) if spec.storage is None else open_storage(spec.storage)
     if storage is None:
         return None  # an in-memory study in another process (the sweeper refuses that with a pruner)
-    pruner = OmegaConf.create(pruner_yaml)
-    study = optuna.load_study(study_name=study_name, storage=storage, sampler=optuna.samplers.RandomSampler(),
-                              pruner=instantiate(pruner) if pruner.get("_target_") else None)
-    return TrialReporter(study, number)
+    study = optuna.load_study(study_name=spec.study, storage=storage, sampler=optuna.samplers.RandomSampler(),
+                              pruner=spec.pruner)
+    return TrialReporter(study, spec.number)
 
 
-def _is_trial_run(run_dir) -> bool:
-    """Whether run_dir is the job's own run dir: the seed runs of mean_over_seeds (seed_<s>/) are
-    parts of a trial, reported by their parent after each seed rather than at each evaluation."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return Path(run_dir).resolve() == Path(HydraConfig.get().runtime.output_dir).resolve()
-
-
-def eval_callback(cfg, main_key: str, run_dir):
-    """The Trainer's on_eval for this run: report the optimized val metric to the trial at each
-    evaluation, True to stop; None outside a trial."""
+def eval_callback(spec: TrialSpec | None, optimized_metric: str | None, main_key: str):
+    """The Trainer's on_eval for a run reporting to trial `spec`: report the optimized val metric
+    (`optimized_metric`, else `main_key`) at each evaluation, True to stop; None outside a trial."""
+    if spec is None:  # every rank has the same run context
+        return None
     # under torchrun rank 0 reports and decides (the Trainer hands its answer to every rank); the
     # others need a hook all the same, so that every rank takes part in that hand-over
-    reporter = current() if distributed.is_main() else None
-    if not distributed.broadcast_object(reporter is not None and _is_trial_run(run_dir)):
+    handle = reporter(spec) if distributed.is_main() else None
+    if not distributed.broadcast_object(handle is not None):
         return None
-    if reporter is None:
+    if handle is None:
         return lambda step, metrics: False
-    key = cfg.get("optimized_metric") or main_key
+    key = optimized_metric or main_key
 
     def on_eval(step: int, metrics: dict) -> bool:
-        return key in metrics and reporter.report(step, metrics[key])
+        return key in metrics and handle.report(step, metrics[key])
 
     return on_eval
 
 
-def report_seeds(runs: list[dict], key: str) -> bool:
-    """After each seed of a mean_over_seeds trial: report the mean of the finished seeds at step
-    len(runs); True to stop before the next seed."""
-    reporter = current() if distributed.is_main() else None  # torchrun: rank 0 decides for all
+def report_seeds(spec: TrialSpec | None, runs: list[dict], key: str) -> bool:
+    """After each seed of a mean_over_seeds trial `spec`: report the mean of the finished seeds at
+    step len(runs); True to stop before the next seed."""
+    handle = reporter(spec) if distributed.is_main() else None  # torchrun: rank 0 decides for all
     values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
-    stop = reporter is not None and len(values) == len(runs) and reporter.report(len(runs), sum(values) / len(values))
+    stop = handle is not None and len(values) == len(runs) and handle.report(len(runs), sum(values) / len(values))
     return bool(distributed.broadcast_object(stop))
 
 

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from conftest import compose_cfg, fit_batch
 from mmpt.engine import checkpoint
 from mmpt.engine.evaluate import evaluate, predict
+from mmpt.settings import EvaluationSettings
 from mmpt.recipes import train
 from mmpt.recipes.common import load_data
 from mmpt.models import build_model, load_backbone
@@ -82,6 +83,7 @@ def test_a_generate_run_writes_outputs_that_agree_with_rank_classification(arch,
     model = build_model(cfg.model, cfg.method)
     checkpoint.load_weights(checkpoint.find(tmp_path / "checkpoints" / "best"), model)
     data = load_data(cfg, model.tokenizer, cfg.seed)
-    _, ranked, _ = evaluate(model, data.loader("test"), data.test, data.task, "rank")
+    _, ranked, _ = evaluate(model, data.loader("test"), data.test, data.task,
+                            EvaluationSettings("rank", 10, "fp32", 0, False))
     by_id = {r["id"]: r["prediction"] for r in ranked}
     assert [r["prediction"] for r in labelled] == [by_id[r["id"]] for r in labelled]

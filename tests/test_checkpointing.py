@@ -7,6 +7,7 @@ from omegaconf import open_dict
 
 from conftest import compose_cfg, toy_batch
 from mmpt.engine import recompute
+from mmpt.settings import training
 from mmpt.errors import ConfigError
 from mmpt.methods import prefix_attention
 from mmpt.models import build_model
@@ -78,6 +79,6 @@ def test_the_prefix_reaches_the_attention_in_the_recomputation(monkeypatch):
 
 
 def test_gradient_checkpointing_takes_a_boolean():
-    model = model_of("t5", "lora", None)
+    cfg = compose_cfg(["model=t5_tiny", "method=lora", "trainer.gradient_checkpointing=yes"])
     with pytest.raises(ConfigError, match="trainer.gradient_checkpointing"):
-        recompute.enable(model, "yes")
+        training(cfg.trainer)

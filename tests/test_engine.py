@@ -10,13 +10,14 @@ from conftest import compose_cfg, make_model
 from mmpt.engine.loop import Trainer, TrainingError
 from mmpt.engine.optim import build_optimizer, check_groups
 from mmpt.errors import ConfigError
+from mmpt.settings import optimizer
 from mmpt.recipes import train
 
 
 def opt_cfg(**over):
     base = dict(name="adamw", lr=1e-3, weight_decay=0.0, betas=[0.9, 0.999], eps=1e-8,
                 warmup_ratio=0.25, warmup_steps=None, groups={})
-    return OmegaConf.create({**base, **over})
+    return optimizer(OmegaConf.create({**base, **over}))
 
 
 def test_groups_get_their_own_lr_and_the_schedule_keeps_ratios():

@@ -14,7 +14,7 @@ from transformers import set_seed
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, BertConfig, BertModel
 
 from conftest import ROOT, compose_cfg
-from mmpt.engine.loop import validate_trainer
+from mmpt.settings import training
 from mmpt.errors import CheckpointError, ConfigError, MMPTError
 from mmpt.engine import checkpoint
 from mmpt.recipes import train
@@ -215,7 +215,7 @@ def test_max_steps_rejects_what_is_not_a_count(value):
     with open_dict(cfg):
         cfg.trainer.max_steps = value
     with pytest.raises(ConfigError, match="trainer.max_steps"):
-        validate_trainer(cfg.trainer)
+        training(cfg.trainer)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from mmpt.data.splits import kshot
 from mmpt.errors import CheckpointError, ConfigError
 from mmpt.recipes.common import load_data
 from mmpt.engine.evaluate import check_length_norm, predict
+from mmpt.settings import evaluation
 from mmpt.recipes.common import load_task
 from mmpt.recipes.transfer import FINETUNE_TYPES, inherit_format, prepare_model
 from mmpt.runs import open_run
@@ -159,7 +160,7 @@ def test_rank_length_norm_divides_by_the_choice_tokens(tiny):
     preds, _, _ = predict(model, [b], lambda i: choices, length_norm=1)
     assert [preds[i] for i in range(2)] == normed.argmax(-1).tolist()
     with pytest.raises(ConfigError, match="trainer.rank_length_norm"):
-        check_length_norm(model, -1)
+        evaluation(compose_cfg(["trainer.rank_length_norm=-1"]).trainer)
 
     class Classifier:  # an encoder's head has no choice tokens to count
         def score(self, batch):

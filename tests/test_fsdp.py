@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from conftest import DATA, ROOT, compose_cfg
 from mmpt.models import build_model
+from mmpt import settings
 from mmpt.engine import sharding
 from mmpt.engine.checkpoint import KILL_ENV, WEIGHTS
 from mmpt.errors import ConfigError
@@ -118,13 +119,13 @@ def test_fsdp_is_refused_outside_torchrun_and_on_quantized_backbones(tmp_path, m
     plain = SimpleNamespace(backbone=torch.nn.Linear(2, 2))
     cfg = compose_cfg(["model=llama_tiny", "method=lora", "trainer.strategy=fsdp"])
     with pytest.raises(ConfigError, match="torchrun --nproc-per-node N"):
-        sharding.strategy(cfg.trainer, plain)
+        sharding.strategy(settings.training(cfg.trainer).strategy, plain)
     monkeypatch.setenv("LOCAL_RANK", "0")
     q = compose_cfg(["model=llama_tiny", "model.quantization=nf4", "method=lora", "trainer.strategy=fsdp"])
     with pytest.raises(ConfigError, match="cannot shard the integer weights of a quantized backbone"):
-        sharding.strategy(q.trainer, build_model(q.model, q.method))
+        sharding.strategy(settings.training(q.trainer).strategy, build_model(q.model, q.method))
     with pytest.raises(ConfigError, match=r"expected one of \['ddp', 'fsdp'\]"):
-        sharding.strategy(compose_cfg(["model=llama_tiny", "method=lora", "trainer.strategy=zero3"]).trainer, plain)
+        settings.training(compose_cfg(["model=llama_tiny", "method=lora", "trainer.strategy=zero3"]).trainer)
     env = {k: v for k, v in ENV.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "RANK")}
     proc = subprocess.run([sys.executable, "train.py", "model=llama_tiny", "method=lora", "dataset=cb",
                            "trainer.strategy=fsdp", f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, env=env,

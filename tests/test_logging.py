@@ -17,7 +17,10 @@ from conftest import ROOT, compose_cfg, make_model, toy_batch
 from mmpt.data.mixture import num_tasks
 from mmpt.engine import checkpoint
 from mmpt.engine.evaluate import evaluate
-from mmpt.engine.logging import _sweep_group, run_name
+from mmpt import settings
+from mmpt.cli_context import run_context
+from mmpt.engine.logging import run_name
+from mmpt.settings import EvaluationSettings
 from mmpt.engine.meta import RunMeta
 from mmpt.data.mixture import tasks_of as head_tasks
 from mmpt.recipes import train
@@ -83,7 +86,7 @@ def hydra_cfg(overrides):
 def multirun():
     """Installs a composed config as the running Hydra job's (as a sweep trial sees it)."""
     def install(overrides):
-        cfg = hydra_cfg(["hydra.mode=MULTIRUN", *overrides])
+        cfg = hydra_cfg(["hydra.mode=MULTIRUN", "hydra.runtime.output_dir=job", *overrides])
         HydraConfig.instance().set_config(cfg)
         return cfg
     yield install
@@ -92,15 +95,22 @@ def multirun():
 
 def test_a_resumed_study_keeps_its_wandb_group(multirun):
     stored = ["hparams_search=lora", "hydra.sweeper.storage=sqlite:///study.db", "hydra.sweeper.study_name=s"]
-    multirun([*stored, "hydra.sweep.dir=multirun/first"])
-    first = _sweep_group()
+    multirun([*stored, "hydra.sweep.dir=multirun/first", "hydra.job.num=0"])
+    first = run_context().wandb_group  # the entry point reads the sweep's identity once, at the door
     multirun([*stored, "hydra.sweep.dir=multirun/resumed", "hydra.job.num=3"])
-    assert _sweep_group() == first == "s"
+    assert run_context().wandb_group == first == "s"
     cfg = multirun(["hparams_search=lora", "method=lora", "hydra.sweep.dir=multirun/2026-01-01_10-00-00",
                     "hydra.job.num=3"])
     # a study without storage cannot be resumed: each sweep is its own group
-    assert _sweep_group() == "lora-2026-01-01_10-00-00"
-    assert run_name(RunMeta(cfg.method.name, "t5_base", cfg.dataset.name, cfg.seed)) == "lora-rte-s42-t3"
+    ctx = run_context()
+    assert ctx.wandb_group == "lora-2026-01-01_10-00-00" and ctx.sweep and ctx.trial is None
+    assert run_name(RunMeta(cfg.method.name, "t5_base", cfg.dataset.name, cfg.seed), ctx.job_index) == "lora-rte-s42-t3"
+    # what the run logs to W&B under it: the group and name the run context gives, the logger's own first
+    wb = settings.wandb(compose_cfg(["logger=wandb"]), ctx)
+    assert (wb.group, wb.job_index, wb.name) == ("lora-2026-01-01_10-00-00", 3, None)
+    wb = settings.wandb(compose_cfg(["logger=wandb", "logger.group=mine", "logger.name_run=x"]), ctx)
+    assert (wb.group, wb.name) == ("mine", "x") and "logger" not in wb.config
+    assert settings.wandb(compose_cfg([]), ctx) is None  # logger=local
 
 
 class TwoChoiceTask:
@@ -120,11 +130,11 @@ def test_generate_mode_saves_the_decoded_text_of_every_output():
     width = max(map(len, ids))
     model.generate = lambda b, n: (torch.tensor([i + [tok.pad_token_id] * (width - len(i)) for i in ids]), {})
     examples = [types.SimpleNamespace(id=str(i), label=label) for i, label in enumerate((0, 1, 0))]
-    metrics, rows, _ = evaluate(model, [batch], examples, TwoChoiceTask(), mode="generate")
+    metrics, rows, _ = evaluate(model, [batch], examples, TwoChoiceTask(), EvaluationSettings("generate", 10, "fp32", 0, True))
     assert [r["prediction"] for r in rows] == ["yes", None, "no"]
     assert [r["output"] for r in rows] == ["yes", "maybe so", "no"]
     assert metrics == {"acc": pytest.approx(1 / 3), "invalid_rate": pytest.approx(1 / 3)}
-    _, rows, _ = evaluate(model, [batch], examples, TwoChoiceTask(), mode="rank")
+    _, rows, _ = evaluate(model, [batch], examples, TwoChoiceTask(), EvaluationSettings("rank", 10, "fp32", 0, True))
     assert set(rows[0]) == {"id", "prediction", "label"}  # rank mode decodes nothing
 
 
@@ -156,7 +166,8 @@ def test_final_eval_reuses_the_best_evals_val_scores_and_they_equal_a_rescoring(
     model = build_model(cfg.model, cfg.method, cfg.router, n_tasks=num_tasks(cfg.dataset), tasks=head_tasks(cfg.dataset))
     checkpoint.load_weights(tmp_path / "run" / "checkpoints" / "best", model)
     (tmp_path / "again").mkdir()
-    again = final_eval(model, load_data(cfg, model.tokenizer, cfg.seed), cfg.trainer, tmp_path / "again")
+    again = final_eval(model, load_data(cfg, model.tokenizer, cfg.seed), settings.evaluation(cfg.trainer),
+                       tmp_path / "again")
     val = {k: v for k, v in again.items() if k.startswith("val/")}
     assert val == {k: v for k, v in metrics.items() if k.startswith("val/")}  # exactly, not approximately
     for split in ("val", "test"):

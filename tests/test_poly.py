@@ -6,6 +6,7 @@ from omegaconf import OmegaConf
 from conftest import METHOD_CFGS, compose_cfg, make_model, tiny_cfg, toy_batch
 from mmpt.engine import checkpoint
 from mmpt.engine.optim import build_optimizer
+from mmpt.settings import optimizer
 from mmpt.report.figures import draw
 from mmpt.errors import ConfigError
 from mmpt.methods.adapters import PolyLoRALinear
@@ -118,7 +119,7 @@ def test_routing_and_adapters_get_their_own_lr():
                                 warmup_ratio=0.0, warmup_steps=None,
                                 groups={"adapters": {"lr": 1e-3, "weight_decay": 0.01},
                                         "routing": {"lr": 0.1, "weight_decay": 0.0}}))
-    opt, _, summary = build_optimizer(model.param_groups(), cfg, 10)
+    opt, _, summary = build_optimizer(model.param_groups(), optimizer(cfg), 10)
     rows = {name: (n, lr, wd) for name, n, lr, wd in summary}
     n_layers = 2 * 2 + 2 * 2 * 2  # q, v of the encoder's and both decoder attentions, 2 layers each
     assert rows["routing"] == (n_layers * 3 * 4, 0.1, 0.0)  # a [3 tasks, 4 skills] table per layer

@@ -205,7 +205,7 @@ class OptunaSweep:
 
     def _overrides(self, trial, fixed: dict, study_name: str) -> list[str]:
         values = {**trial.params, **fixed}
-        # the job's trial: its folder (hydra.sweep.subdir) and what mmpt/trial.py reads
+        # the job's trial: its folder (hydra.sweep.subdir) and what mmpt/cli_context.py reads into the run context
         hydra = [f"+hydra.sweeper.trial={trial.number}"]
         if self.study_name is None:  # Optuna named the study: the jobs need that name
             hydra.append(f"hydra.sweeper.study_name={study_name}")

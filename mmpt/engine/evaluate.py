@@ -83,27 +83,27 @@ def predict(model, loader, choices_of, mode: str = "rank", max_new_tokens: int =
     return preds, texts, aux_all
 
 
-def check_length_norm(model, value) -> None:
-    """trainer.rank_length_norm: a number >= 0, and > 0 only for models that score choice tokens."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError("trainer.rank_length_norm", f"expected a number >= 0, got {value!r}")
+def check_length_norm(model, value: float) -> None:
+    """trainer.rank_length_norm (a number >= 0: mmpt/settings.py) > 0 only for models that score
+    choice tokens."""
     if value and "length_norm" not in inspect.signature(model.score).parameters:
         raise ConfigError("trainer.rank_length_norm", f"{type(model).__name__} scores choices with a "
                           "classifier head, not token by token: use 0")
 
 
-def evaluate(model, loader, examples, task, mode="rank", max_new_tokens=10, precision=None, length_norm=0,
-             desc="eval"):
-    """Metrics (with `invalid_rate` in generate mode), prediction rows and routing diagnostics.
+def evaluate(model, loader, examples, task, settings, desc="eval"):
+    """Metrics (with `invalid_rate` in generate mode), prediction rows and routing diagnostics, as
+    `settings` (mmpt.settings.EvaluationSettings) say: rank or generate, precision, length norm.
 
     In generate mode each row also has `output`, the decoded text, so that outputs that match no
     label (`prediction` null, counted in `invalid_rate`) can be read."""
-    check_length_norm(model, length_norm)
+    mode = settings.mode
+    check_length_norm(model, settings.length_norm)
     # a mixture's examples may each have their own choices (promptsource templates)
     choices = getattr(task, "choices_of", lambda ex: task.verbalizers)
     with sharding.gathered(model):  # fsdp: the top-level weights, for the pass and the method's stats
-        preds, texts, aux = predict(model, loader, lambda i: choices(examples[i]), mode, max_new_tokens, precision,
-                                    length_norm, desc)
+        preds, texts, aux = predict(model, loader, lambda i: choices(examples[i]), mode, settings.max_new_tokens,
+                                    settings.precision, settings.length_norm, desc)
         stats = model.method.eval_stats(aux)
     order = [preds[i] for i in range(len(examples))]
     metrics = task.metrics(order, examples)

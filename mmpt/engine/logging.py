@@ -9,27 +9,22 @@ import logging
 import os
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import OmegaConf
-
 from mmpt import distributed
 
 log = logging.getLogger(__name__)
 
 
 class RunLogger:
-    """meta: the run's RunMeta (names and tags); cfg: the command's whole config, whose `logger`
-    group chooses W&B and which W&B stores as the run config (its logger group left out)."""
+    """meta: the run's RunMeta (names and tags); wandb: mmpt.settings.WandbSettings to log to W&B
+    too (logger=wandb), None for the local files only."""
 
-    def __init__(self, run_dir, meta, cfg, enabled: bool | None = None):
+    def __init__(self, run_dir, meta, wandb=None, enabled: bool | None = None):
         self.dir = Path(run_dir)
         self.enabled = distributed.is_main() if enabled is None else enabled  # only rank 0 writes
         self.wandb = None
         self.step = 0  # the last step logged: W&B history steps may not go back
-        lcfg = cfg.get("logger") or {}
-        if self.enabled and lcfg.get("name") == "wandb":
-            self.wandb = _start_wandb(lcfg, meta, cfg, self.dir)
+        if self.enabled and wandb is not None:
+            self.wandb = _start_wandb(wandb, meta, self.dir)
 
     def log(self, event: str, values: dict, step: int) -> None:
         if not self.enabled:
@@ -81,19 +76,17 @@ class RunLogger:
             self.wandb.finish()
 
 
-def _start_wandb(lcfg, meta, cfg, run_dir):
+def _start_wandb(ws, meta, run_dir):
     import wandb
 
-    mode = lcfg.get("mode") or "online"
+    mode = ws.mode
     if mode == "online" and not (os.environ.get("WANDB_API_KEY") or _has_netrc_key()):
         log.warning("no W&B API key found: logging offline (sync later with `wandb sync`)")
         mode = "offline"
-    config = OmegaConf.to_container(cfg, resolve=True)
-    config.pop("logger", None)  # never store credentials or logger internals in the run config
-    tags = [*_auto_tags(meta), *(lcfg.get("tags") or [])]
-    return wandb.init(project=lcfg.get("project"), entity=lcfg.get("entity"), group=lcfg.get("group") or _sweep_group(),
-                      name=lcfg.get("name_run") or run_name(meta), tags=list(dict.fromkeys(tags)), mode=mode,
-                      dir=str(run_dir), config=config, reinit="finish_previous")
+    tags = [*_auto_tags(meta), *ws.tags]
+    return wandb.init(project=ws.project, entity=ws.entity, group=ws.group, name=ws.name or run_name(meta, ws.job_index),
+                      tags=list(dict.fromkeys(tags)), mode=mode, dir=str(run_dir), config=ws.config,
+                      reinit="finish_previous")
 
 
 def _auto_tags(meta) -> list[str]:
@@ -102,27 +95,11 @@ def _auto_tags(meta) -> list[str]:
     return [str(t)[:64] for t in tags if t]  # W&B refuses tags over 64 characters
 
 
-def run_name(meta) -> str:
-    """`<method>-<dataset>-s<seed>`, plus `-t<n>` for the n-th trial of a sweep."""
+def run_name(meta, job_index: int | None = None) -> str:
+    """`<method>-<dataset>-s<seed>`, plus `-t<n>` for the n-th trial of a sweep (mmpt's Optuna
+    sweeper numbers trials across the processes sharing a study; other sweeps: the job number)."""
     name = f"{meta.kind}-{meta.dataset}-s{meta.seed}"
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        hc = HydraConfig.get()  # mmpt's Optuna sweeper names each job's trial (shared studies: not job.num)
-        trial = OmegaConf.select(hc, "sweeper.trial", default=None)
-        name += f"-t{hc.job.num if trial is None else trial}"
-    return name
-
-
-def _sweep_group() -> str | None:
-    """Runs of one Hydra multirun share a W&B group named after the sweep. A study kept in
-    storage (`hydra.sweeper.storage`) is resumed by a later sweep in a new sweep dir, so its group
-    is the study name alone; other sweeps add their dir, as study names repeat across presets."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    hc = HydraConfig.get()
-    study = OmegaConf.select(hc, "sweeper.study_name", default=None)
-    if study and OmegaConf.select(hc, "sweeper.storage", default=None):
-        return study
-    return f"{study}-{Path(hc.sweep.dir).name}" if study else Path(hc.sweep.dir).name
+    return name if job_index is None else f"{name}-t{job_index}"
 
 
 def _has_netrc_key() -> bool:

@@ -18,7 +18,7 @@ from mmpt import distributed
 from mmpt.engine import checkpoint, cost, progress, recompute, sharding
 from mmpt.engine.evaluate import autocast, evaluate, to_device
 from mmpt.engine.optim import build_optimizer, check_groups
-from mmpt.errors import ConfigError, MMPTError
+from mmpt.errors import MMPTError
 
 log = logging.getLogger(__name__)
 
@@ -42,64 +42,43 @@ class Progress:
     tokens: int = 0            # tokens of the training batches so far (engine/cost.py)
 
 
-def schedule_length(tcfg, batches_per_epoch: int) -> int:
-    """Total optimizer steps: trainer.max_steps if set (0 = evaluate only), else epochs x steps per epoch."""
-    accum = tcfg.grad_accum
-    per_epoch = math.ceil(batches_per_epoch / accum)
-    if tcfg.get("max_steps") is not None:
-        return int(tcfg.max_steps)
-    return int(tcfg.epochs) * per_epoch
-
-
-def validate_trainer(t) -> None:
-    for key in ("batch_size", "grad_accum"):
-        if not isinstance(t.get(key), int) or t.get(key) < 1:
-            raise ConfigError(f"trainer.{key}", f"expected an integer >= 1, got {t.get(key)!r}")
-    if t.get("max_steps") is not None and (not isinstance(t.max_steps, int) or t.max_steps < 0):
-        raise ConfigError("trainer.max_steps", f"expected null, 0 (evaluate only) or an integer >= 1, "
-                          f"got {t.max_steps!r}")
-    if t.get("max_steps") is None and not (isinstance(t.get("epochs"), int) and t.epochs >= 1):
-        raise ConfigError("trainer.epochs", "set trainer.epochs >= 1 or trainer.max_steps >= 0")
-    if t.get("eval_mode") not in ("rank", "generate"):
-        raise ConfigError("trainer.eval_mode", f"expected 'rank' or 'generate', got {t.get('eval_mode')!r}")
-    for key in ("eval_every", "patience"):
-        v = t.get(key)
-        if v is not None and (not isinstance(v, int) or v < 0):
-            raise ConfigError(f"trainer.{key}", f"expected null or an integer >= 0, got {v!r}")
-    if t.get("precision", "fp32") not in ("fp32", "bf16"):
-        raise ConfigError("trainer.precision", f"expected 'fp32' or 'bf16', got {t.get('precision')!r}")
-    if t.get("grad_clip") is not None and t.grad_clip <= 0:
-        raise ConfigError("trainer.grad_clip", f"expected null or a positive norm, got {t.grad_clip}")
+def schedule_length(t, batches_per_epoch: int) -> int:
+    """Total optimizer steps of TrainingSettings `t`: max_steps if set (0 = evaluate only), else
+    epochs x steps per epoch."""
+    if t.max_steps is not None:
+        return t.max_steps
+    return t.epochs * math.ceil(batches_per_epoch / t.grad_accum)
 
 
 class Trainer:
     """Fits `model` on data.train, selecting on data.val; `run_dir/checkpoints/{last,best}`.
 
     The recipe hands over everything the loop needs: the model and data, `groups` ({name:
-    parameters}: exactly what trains, each with its own lr), the run's `meta` (RunMeta), the
-    `trainer` and `optimizer` settings, and `configurable`, the group names `optimizer.groups` may
-    configure (default: those of `groups`). `on_eval(step, val metrics) -> bool`, if given, is told
-    every evaluation's scores and returns True to stop the run there (a sweep pruning the trial).
+    parameters}: exactly what trains, each with its own lr), the run's `meta` (RunMeta), its
+    `settings` (mmpt.settings.Settings: training, evaluation, optimizer), and `configurable`, the
+    group names `optimizer.groups` may configure (default: those of `groups`).
+    `on_eval(step, val metrics) -> bool`, if given, is told every evaluation's scores and returns
+    True to stop the run there (a sweep pruning the trial: the recipe builds it, mmpt/trial.py).
     """
 
-    def __init__(self, model, data, groups: dict, meta, tcfg, ocfg, run_dir, logger, resume: bool = False,
+    def __init__(self, model, data, groups: dict, meta, settings, run_dir, logger, resume: bool = False,
                  configurable=None, on_eval=None):
-        self.model, self.data, self.t = model, data, tcfg
+        self.model, self.data, self.t, self.ev = model, data, settings.training, settings.evaluation
         self.logger, self.ckpt, self.on_eval = logger, Path(run_dir) / "checkpoints", on_eval
         self.main = data.task.main_metric
         self.device = distributed.device()
-        strategy = sharding.strategy(tcfg, model)  # trainer.strategy: ddp | fsdp (engine/sharding.py)
+        strategy = sharding.strategy(self.t.strategy, model)  # ddp | fsdp (engine/sharding.py)
         check_groups(model, groups)
         # the groups by parameter name: moving and sharding the model may replace parameter objects
         names = {id(p): n for n, p in model.named_parameters()}
         by_name = {g: [names[id(p)] for p in ps] for g, ps in groups.items()}
         model.to(self.device)
-        recompute.enable(model, self.t.get("gradient_checkpointing", False))
+        recompute.enable(model, self.t.gradient_checkpointing)
         self.net = sharding.wrap(model, strategy, self.device)
         params = dict(model.named_parameters())
         groups = {g: [params[n] for n in ns] for g, ns in by_name.items()}
         self.total = schedule_length(self.t, data.train_batches)
-        self.opt, self.sched, self.groups = build_optimizer(groups, ocfg, self.total, configurable)
+        self.opt, self.sched, self.groups = build_optimizer(groups, settings.optimizer, self.total, configurable)
         self.p = Progress()
         self.meta = {"method": meta.method, "model": meta.backbone}
         if resume:
@@ -138,8 +117,7 @@ class Trainer:
         """Evaluate on val, keep the best weights, save `last`; return True to stop early."""
         with checkpoint.rng_untouched():  # whether and how often we evaluate leaves training alone
             metrics, rows, stats = evaluate(self.model, self.data.loader("val"), self.data.val, self.data.task,
-                                            self.t.eval_mode, self.t.max_new_tokens, self.t.get("precision"),
-                                            self.t.get("rank_length_norm", 0), desc=f"val (step {self.p.step})")
+                                            self.ev, desc=f"val (step {self.p.step})")
         score = metrics[self.main]
         scores = {f"val/{k}": v for k, v in {**metrics, **stats}.items()}  # the names metrics.json uses
         self.p.evaluated_at = self.p.step
@@ -148,7 +126,7 @@ class Trainer:
             weights = checkpoint.trainable_state(self.model)  # every process: fsdp gathers the shards
             if distributed.is_main():
                 # the scores and predictions travel with the weights: the final evaluation reuses
-                # them instead of scoring val again (experiment.final_eval)
+                # them instead of scoring val again (recipes/common.py's final_eval)
                 val_eval = {"metrics": metrics, "stats": stats, "rows": rows}
                 checkpoint.save(self.ckpt / "best", self.model, {**self.meta, "step": self.p.step, "val_eval": val_eval},
                                 weights=weights)
@@ -173,7 +151,7 @@ class Trainer:
     def _loss(self, global_batch):
         """This process's share of the mean token loss of the global batch."""
         batch = to_device(distributed.shard(global_batch), self.device)
-        with autocast(self.device, self.t.get("precision")):
+        with autocast(self.device, self.t.precision):
             loss, _ = self.net(batch)
         n = distributed.world_size()
         if n == 1:

@@ -13,10 +13,8 @@ recomputation, after the method's routing context has closed: the method keeps t
 from mmpt.errors import ConfigError
 
 
-def enable(model, on) -> None:
+def enable(model, on: bool) -> None:
     """Turn gradient checkpointing on for the model's backbone (on: trainer.gradient_checkpointing)."""
-    if not isinstance(on, bool):
-        raise ConfigError("trainer.gradient_checkpointing", f"expected true or false, got {on!r}")
     if not on:
         return
     backbone = model.backbone

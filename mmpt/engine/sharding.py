@@ -22,15 +22,10 @@ from torch.nn.parallel import DistributedDataParallel
 from mmpt import distributed
 from mmpt.errors import ConfigError
 
-STRATEGIES = ("ddp", "fsdp")
-
-
-def check_strategy(tcfg, quantized: bool) -> str:
-    """trainer.strategy, checked against the command alone (before the run dir is made or anything
-    heavy loads): a known value; fsdp only under torchrun and never on a quantized backbone."""
-    value = tcfg.get("strategy", "ddp") or "ddp"
-    if value not in STRATEGIES:
-        raise ConfigError("trainer.strategy", f"expected one of {list(STRATEGIES)}, got {value!r}")
+def check_strategy(value: str, quantized: bool) -> str:
+    """trainer.strategy (one of mmpt.settings.STRATEGIES), checked against the command alone (before
+    the run dir is made or anything heavy loads): fsdp only under torchrun and never on a quantized
+    backbone."""
     if value == "fsdp":
         if "LOCAL_RANK" not in os.environ:
             raise ConfigError("trainer.strategy", "fsdp shards the model over the processes torchrun starts: "
@@ -41,9 +36,9 @@ def check_strategy(tcfg, quantized: bool) -> str:
     return value
 
 
-def strategy(tcfg, model) -> str:
+def strategy(value: str, model) -> str:
     """trainer.strategy, checked against the run (one line before training)."""
-    return check_strategy(tcfg, any(not p.is_floating_point() for p in model.backbone.parameters()))
+    return check_strategy(value, any(not p.is_floating_point() for p in model.backbone.parameters()))
 
 
 def is_sharded(model) -> bool:

@@ -4,13 +4,13 @@
     transfer.py    MTTL transfer of a train.py run to a held-out task (pretrained=; FINETUNE_TYPES)
     library.py     a library's experts on a held-out task (library=; mmpt/library/types/)
     rebuild.py     a finished finetune.py run's model as its recipe built it (python -m mmpt.evaluate)
+    start.py       how each starts a run: settings and seed checked, folder, seed, logger
     common.py      what they share: data, the one place that decides what trains, fit + final evaluation
 
 train.py and finetune.py at the repository root are thin @hydra.main wrappers around `train` and
 `finetune`.
 """
-from mmpt import distributed
-from mmpt.engine import cost
+from mmpt.context import RunContext
 from mmpt.errors import ConfigError
 from mmpt.models import backbone_name
 from mmpt.recipes import library, transfer
@@ -19,7 +19,7 @@ from mmpt.recipes.train import train
 __all__ = ["train", "finetune"]
 
 
-def finetune(cfg) -> dict:
+def finetune(cfg, ctx: RunContext = RunContext()) -> dict:
     """finetune.py: a library's experts (library=DIR) or a train.py run's skills (pretrained=RUN)."""
     if cfg.get("model") is not None:  # conf/finetune.yaml's `model: null` slot exists only to say so
         source = f"library={cfg.library} (its index.json)" if cfg.get("library") else \
@@ -27,5 +27,4 @@ def finetune(cfg) -> dict:
         raise ConfigError("model", f"finetune.py takes the backbone from {source}; drop model= (got "
                           f"{backbone_name(cfg.model)}; debug=fast sets it too)")
     recipe = library if cfg.get("library") else transfer
-    cost.start_run(distributed.device())  # peak_mem_mb: this run's own, not an earlier job's in this process
-    return recipe.finetune(cfg)
+    return recipe.finetune(cfg, ctx)

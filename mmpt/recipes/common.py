@@ -83,8 +83,9 @@ def chosen_groups(model, names, head=()) -> dict:
 
 
 # -- fit and evaluate --
-def final_eval(model, data, tcfg, out: Path, val_eval: dict | None = None) -> dict:
-    """Evaluate the current weights on val and test; write predictions; return prefixed metrics.
+def final_eval(model, data, settings, out: Path, val_eval: dict | None = None) -> dict:
+    """Evaluate the current weights on val and test (settings: EvaluationSettings); write
+    predictions; return prefixed metrics.
 
     val_eval: the metrics, stats and prediction rows of the eval that chose these weights (the best
     checkpoint's meta), which scoring val again would only repeat; None scores val here.
@@ -94,13 +95,11 @@ def final_eval(model, data, tcfg, out: Path, val_eval: dict | None = None) -> di
         if split == "val" and val_eval is not None:
             metrics, stats, rows = val_eval["metrics"], val_eval["stats"], val_eval["rows"]
         else:
-            metrics, rows, stats = evaluate(model, data.loader(split), examples, data.task, tcfg.eval_mode,
-                                            tcfg.max_new_tokens, tcfg.get("precision"),
-                                            tcfg.get("rank_length_norm", 0))
+            metrics, rows, stats = evaluate(model, data.loader(split), examples, data.task, settings)
         result.update({f"{split}/{k}": v for k, v in {**metrics, **stats}.items()})
         summary = model.method.summary_stats or stats
         shown.update({f"{split}/{k}": v for k, v in {**metrics, **stats}.items() if k in metrics or k in summary})
-        if tcfg.get("save_predictions", True):
+        if settings.save_predictions:
             (out / "predictions").mkdir(exist_ok=True)
             with open(out / "predictions" / f"{split}.jsonl", "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -108,10 +107,10 @@ def final_eval(model, data, tcfg, out: Path, val_eval: dict | None = None) -> di
     return result
 
 
-def check_eval_mode(model, tcfg) -> None:
-    """Refuse, before training, an evaluation the model cannot do."""
-    check_length_norm(model, tcfg.get("rank_length_norm", 0))
-    if tcfg.eval_mode == "generate" and not model.family.can_generate:
+def check_eval_mode(model, settings) -> None:
+    """Refuse, before training, an evaluation (EvaluationSettings) the model cannot do."""
+    check_length_norm(model, settings.length_norm)
+    if settings.mode == "generate" and not model.family.can_generate:
         raise ConfigError("trainer.eval_mode", f"this {model.backbone.config.model_type} backbone is an encoder "
                           "with classification heads and no decoder: it cannot generate; use trainer.eval_mode=rank")
 
@@ -124,16 +123,18 @@ def save_figures(model, out: Path, logger) -> None:
         logger.image(key, path)
 
 
-def fit_and_test(cfg, model, data, groups: dict, meta, out: Path, logger, extra: dict | None = None,
-                 configurable=None, on_eval=None) -> dict:
+def fit_and_test(run, model, data, groups: dict, meta, extra: dict | None = None, configurable=None) -> dict:
     """Train `groups`, reload the best-val weights, evaluate them on val and test, write
-    metrics.json (with `extra`, e.g. fine-tuning's zero-shot scores). cfg: the command's config
-    (its trainer, optimizer and resume settings)."""
-    check_eval_mode(model, cfg.trainer)  # before training, not at the first eval
+    metrics.json (with `extra`, e.g. fine-tuning's zero-shot scores). run: the recipe's started
+    Run (recipes/start.py: config, run context, settings, folder)."""
+    cfg, out = run.cfg, run.out
+    check_eval_mode(model, run.settings.evaluation)  # before training, not at the first eval
     main = f"val/{data.task.main_metric}"
-    if on_eval is None:  # in a sweep's trial: report each evaluation to it (None outside one)
-        on_eval = trial.eval_callback(cfg, main, out)
-    trainer = Trainer(model, data, groups, meta, cfg.trainer, cfg.optimizer, out, logger,
+    # in a sweep's trial: the hook reporting each evaluation to it (None outside one); the engine
+    # knows only the hook
+    on_eval = trial.eval_callback(run.ctx.trial, cfg.get("optimized_metric"), main)
+    logger = run.logger(meta)
+    trainer = Trainer(model, data, groups, meta, run.settings, out, logger,
                       resume=cfg.get("resume", False), configurable=configurable, on_eval=on_eval)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s on %s: %d trainable / %d parameters, %d optimizer steps", meta.kind,
@@ -145,7 +146,7 @@ def fit_and_test(cfg, model, data, groups: dict, meta, out: Path, logger, extra:
         metrics.update(pruned=True, pruned_step=progress.step)
     else:
         best = checkpoint.load_weights(checkpoint.find(out / "checkpoints" / "best"), model)
-        metrics = final_eval(model, data, cfg.trainer, out, best.get("val_eval"))
+        metrics = final_eval(model, data, run.settings.evaluation, out, best.get("val_eval"))
     metrics.update(**(extra or {}), best_step=progress.best_step, trainable_params=n_train,
                    train_time_s=round(progress.train_time_s, 2), optimized_metric_key=main,
                    total_time_s=round(trainer.elapsed(), 2))  # both summed over resumed parts
@@ -157,15 +158,16 @@ def fit_and_test(cfg, model, data, groups: dict, meta, out: Path, logger, extra:
     return metrics
 
 
-def evaluate_only(cfg, model, data, out: Path, logger) -> dict:
+def evaluate_only(run, model, data, meta) -> dict:
     """Nothing trains (e.g. a library merge on a text-to-text backbone): score val and test."""
-    check_eval_mode(model, cfg.trainer)
+    check_eval_mode(model, run.settings.evaluation)
+    logger = run.logger(meta)
     start = time.perf_counter()
-    metrics = final_eval(model, data, cfg.trainer, out)
+    metrics = final_eval(model, data, run.settings.evaluation, run.out)
     logger.log("eval", {k: v for k, v in metrics.items() if k.startswith("val/")}, 0)
     metrics.update(best_step=0, trainable_params=0, train_time_s=0.0,
                    optimized_metric_key=f"val/{data.task.main_metric}",
                    total_time_s=round(time.perf_counter() - start, 2))
-    save_figures(model, out, logger)
+    save_figures(model, run.out, logger)
     logger.finish(metrics)
     return metrics

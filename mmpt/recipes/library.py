@@ -7,12 +7,10 @@ that trains nothing on a text-to-text backbone is evaluated as it is (zero-shot:
 import logging
 
 from omegaconf import OmegaConf, open_dict
-from transformers import set_seed
 
+from mmpt.context import RunContext
 from mmpt.data import get_task
 from mmpt import distributed
-from mmpt.engine.logging import RunLogger
-from mmpt.engine.loop import validate_trainer
 from mmpt.engine.meta import RunMeta
 from mmpt.errors import ConfigError
 from mmpt.library import gks
@@ -22,7 +20,7 @@ from mmpt.library.types import setup_of
 from mmpt.methods.base import GROUP_NAMES
 from mmpt.models import backbone_name, build_model
 from mmpt.recipes.common import chosen_groups, evaluate_only, fit_and_test, load_task
-from mmpt.runs import run_dir
+from mmpt.recipes.start import begin
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +40,8 @@ def prepare_library_model(lib, ftype: str, experts, task):
     return model, chosen_groups(model, trains, head)
 
 
-def finetune(cfg) -> dict:
-    validate_trainer(cfg.trainer)
+def finetune(cfg, ctx: RunContext = RunContext()) -> dict:
+    run = begin(cfg, ctx)  # the trainer, optimizer and seed checks every recipe makes first
     if cfg.get("pretrained"):
         raise ConfigError("library", "set pretrained= (a train.py run) or library= (a library), not both")
     lib, ftype = Library(cfg.library), cfg.get("finetune_type")
@@ -51,19 +49,16 @@ def finetune(cfg) -> dict:
     gks.check(lib, ftype, (cfg.get("experts") or {}).get("general"))
     if "check" in entry.extra:
         entry.extra["check"](lib, own_options(entry.config, cfg.get("experts")))
-    out = run_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
     with open_dict(cfg):
         if cfg.dataset.get("format") is None:  # the experts' runs: fixed formats
             cfg.dataset.format = "fixed"
-    set_seed(cfg.seed)
+    run.enter()
     model, groups = prepare_library_model(lib, ftype, cfg.get("experts") or {}, get_task(cfg.dataset.name))
     data = load_task(cfg, model.tokenizer, 0)
     model.to(distributed.device())
     log.info("library %s (%d %s experts) on %s: %s", lib.path, len(lib.names), lib.kind, cfg.dataset.name, ftype)
     meta = RunMeta(f"library_{ftype}", backbone_name(lib.index["model"]), cfg.dataset.name, cfg.seed,
                    label=f"finetune_{ftype}")
-    logger = RunLogger(out, meta, cfg)
     if not groups:
-        return evaluate_only(cfg, model, data, out, logger)
-    return fit_and_test(cfg, model, data, groups, meta, out, logger, configurable=GROUP_NAMES)
+        return evaluate_only(run, model, data, meta)
+    return fit_and_test(run, model, data, groups, meta, configurable=GROUP_NAMES)

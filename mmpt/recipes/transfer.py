@@ -14,21 +14,20 @@ conf/finetune_type/<name>.yaml.
 import logging
 
 from omegaconf import open_dict
-from transformers import set_seed
 
+from mmpt.context import RunContext
 from mmpt.data import get_task
 from mmpt import distributed
 from mmpt.engine import checkpoint
 from mmpt.engine.evaluate import evaluate
-from mmpt.engine.logging import RunLogger
-from mmpt.engine.loop import validate_trainer
 from mmpt.engine.meta import RunMeta
 from mmpt.errors import ConfigError
 from mmpt.methods.base import GROUP_NAMES
 from mmpt.models import backbone_name
 from mmpt.recipes.common import chosen_groups, fit_and_test, load_task
 from mmpt.recipes.finetune_types import FINETUNE_TYPES, FinetuneType
-from mmpt.runs import build_run_model, open_run, run_dir
+from mmpt.recipes.start import begin
+from mmpt.runs import build_run_model, open_run
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +60,11 @@ def inherit_format(cfg, pre) -> None:
             cfg.dataset.format = pre.dataset.get("format", "fixed")
 
 
-def zero_shot(model, data, tcfg) -> dict:
-    """Test metrics of the loaded skills with uniform routing, before any fitting."""
+def zero_shot(model, data, settings) -> dict:
+    """Test metrics of the loaded skills with uniform routing, before any fitting (settings:
+    EvaluationSettings)."""
     with model.method.averaged():
-        metrics, _, _ = evaluate(model, data.loader("test"), data.test, data.task, tcfg.eval_mode,
-                                 tcfg.max_new_tokens, tcfg.get("precision"), tcfg.get("rank_length_norm", 0))
+        metrics, _, _ = evaluate(model, data.loader("test"), data.test, data.task, settings)
     return {f"zero_shot/{k}": v for k, v in metrics.items()}
 
 
@@ -89,25 +88,20 @@ def prepare_model(run, ftype: str, new_task=None):
     return model, task_id, chosen_groups(model, spec.trains, head)
 
 
-def finetune(cfg) -> dict:
-    validate_trainer(cfg.trainer)
+def finetune(cfg, ctx: RunContext = RunContext()) -> dict:
+    run = begin(cfg, ctx)
     FINETUNE_TYPES.get(cfg.get("finetune_type"))
-    if not isinstance(cfg.get("seed"), int):
-        raise ConfigError("seed", f"expected an integer, got {cfg.get('seed')!r}")
-    run = open_run(cfg.pretrained, "fine-tuning", key="pretrained")
-    pre = run.cfg
+    pre_run = open_run(cfg.pretrained, "fine-tuning", key="pretrained")
+    pre = pre_run.cfg
     inherit_format(cfg, pre)
-    out = run_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    set_seed(cfg.seed)
-    model, task_id, groups = prepare_model(run, cfg.finetune_type, get_task(cfg.dataset.name))
+    run.enter()
+    model, task_id, groups = prepare_model(pre_run, cfg.finetune_type, get_task(cfg.dataset.name))
     data = load_task(cfg, model.tokenizer, task_id)
     model.to(distributed.device())  # the zero-shot scoring runs before the engine has it
     log.info("fine-tuning %s (%s) on %s: %s, task id %d", cfg.pretrained, pre.method.name,
              cfg.dataset.name, cfg.finetune_type, task_id)
-    extra = zero_shot(model, data, cfg.trainer)
+    extra = zero_shot(model, data, run.settings.evaluation)
     meta = RunMeta(pre.method.name, backbone_name(pre.model), cfg.dataset.name, cfg.seed,
                    label=f"finetune_{cfg.finetune_type}")
     # optimizer.groups may set any group's lr: a type uses those of the groups it trains
-    return fit_and_test(cfg, model, data, groups, meta, out, RunLogger(out, meta, cfg), extra=extra,
-                        configurable=GROUP_NAMES)
+    return fit_and_test(run, model, data, groups, meta, extra=extra, configurable=GROUP_NAMES)

@@ -9,6 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 
 from mmpt import trial
+from mmpt.cli_context import run_context
 
 
 @hydra.main(config_path=".", config_name="toy", version_base="1.3")
@@ -16,7 +17,7 @@ def main(cfg):
     start = time.time()
     if cfg.fail:
         raise RuntimeError("this trial fails")
-    reporter, value, pruned = trial.current(), None, None
+    reporter, value, pruned = trial.reporter(run_context().trial), None, None
     for step in range(1, cfg.steps + 1):
         time.sleep(cfg.sleep)
         value = -(float(cfg.x) - 1) ** 2 + (0.5 if cfg.y == "b" else 0.0) + 0.1 * step
