@@ -1,4 +1,4 @@
-"""A hyperparameter-search trial as its job sees it (the storages both sides open: mmpt/storage.py).
+"""A hyperparameter-search trial as its job sees it (the storages both sides open: mmpt/storage/).
 
 mmpt's sweeper (hydra_plugins/mmpt_optuna_sweeper) gives every job its trial through the job's
 overrides (`+hydra.sweeper.trial=<number>`, and the study's name), because jobs may run in other
