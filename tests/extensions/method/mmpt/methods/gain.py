@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mmpt.methods.adapters import Wrapped, dims, wrap_linears
+from mmpt.methods.adapters import Wrapped, dims, target_pattern, wrap_linears
 from mmpt.methods.base import METHODS, Method
 
 
@@ -22,15 +22,15 @@ class GainLinear(Wrapped):
 
 @dataclass
 class GainConfig:
-    name: str = "gain"
-    target_modules: str = "${model.targets.ia3}"  # regex, full match on Linear module names
+    name: str
+    target_modules: str  # defaults in conf/method/gain.yaml
 
 
 @METHODS.register("gain", config=GainConfig)
 class Gain(Method):
     def __init__(self, cfg, backbone, info):
         super().__init__(cfg, backbone, info)
-        self.layers = wrap_linears(backbone, cfg.target_modules, GainLinear)  # a plain dict: they live in the backbone
+        self.layers = wrap_linears(backbone, target_pattern(cfg, info), GainLinear)  # a plain dict: they live in the backbone
 
     def param_groups(self):
         return {"adapters": [m.gain for m in self.layers.values()]}
