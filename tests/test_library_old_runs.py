@@ -75,7 +75,8 @@ def test_an_old_arrow_run_ignores_the_other_types_keys(old, monkeypatch):
     assert model.method.cfg.top_k == 1 and "density" not in model.method.cfg
 
 
-def test_old_runs_report_their_metrics(old, tmp_path):
+def test_old_runs_report_their_metrics(old, tmp_path, monkeypatch):
+    monkeypatch.chdir(old)  # the Poly run's `pretrained: pre` is relative to where the runs were made
     assert report([str(old / "runs"), "--out", str(tmp_path)]) == 0
     rows = {r["label"]: r for r in _csv(tmp_path / "report.csv") if r["metric"] == "acc"}
     assert set(rows) == {"library/arrow", "library/dare_ties", "library/weighted", "poly_lora/Poly"}
