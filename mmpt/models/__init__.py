@@ -36,7 +36,7 @@ def build_model(model_cfg, method_cfg, router_cfg=None, n_tasks: int = 1, tasks=
     n_tasks: how many task ids the data has (rows of task-conditioned routing tables).
     tasks: the Task of each task id; families with heads (encoders) build one head per task from it.
     make_method: (backbone, info) -> method, instead of the method_cfg's registered method (an
-    expert library's methods: mmpt/library/types.py).
+    expert library's methods: mmpt/library/types/).
     The returned model's `family` answers the family-specific questions (can_generate, has_heads, ...).
     """
     if make_method is None:  # before loading: e.g. method=full on a 4-bit backbone
