@@ -13,21 +13,11 @@
 #      prompt tuning from scratch on the same k-shot samples.
 #   bash scripts/results_library.sh               (about 1.5 hours on 2 CPU cores; four streams of one thread)
 #   python -m mmpt.report multirun/minilm_library --baseline library/uniform
-set -u
-cd "$(dirname "$0")/.."
-export OMP_NUM_THREADS=1 HYDRA_FULL_ERROR=1
-PY=${PYTHON:-.venv/bin/python}
-SEEDS=seed=0,1,2
-HELD_OUT=${HELD_OUT:-rte,cb}
-OUT=multirun/minilm_library
-# A sweep dir whose N runs all wrote metrics.json is skipped, so a stopped reproduction picks up
-# where it left off (a partly done sweep is run again whole).
-complete() { [ "$(ls "$1"/*/metrics.json 2>/dev/null | wc -l)" -ge "$2" ] && echo "skip $1 (done)"; }
-FEW="k_shot=32 $SEEDS trainer.epochs=20 trainer.max_steps=null trainer.batch_size=8 trainer.eval_every=null
-     dataset.max_length=128 optimizer.groups.head.lr=1e-2"
+. "$(dirname "$0")/results_common.sh"
+OUT=${OUT:-multirun/minilm_library}
 
-experts() {  # one LoRA per task, seed 0 (the library), 200 steps of 32
-    for task in cola sst2 mrpc stsb; do
+train_experts() {  # one LoRA per task named, seed 0, 200 steps of 32, in $OUT/experts/<task>
+    for task in "$@"; do
         extra=""
         [ "$task" = sst2 ] && extra="dataset.val_fraction=0.02"
         complete "$OUT/experts/$task" 1 && continue
@@ -35,6 +25,10 @@ experts() {  # one LoRA per task, seed 0 (the library), 200 steps of 32
             trainer.max_steps=200 trainer.batch_size=32 optimizer.groups.adapters.lr=3e-3 $extra \
             hydra.sweep.dir="$OUT/experts/$task"
     done
+}
+
+experts() {  # one LoRA per GLUE mixture task (the library)
+    train_experts cola sst2 mrpc stsb
     [ -d libs/minilm_glue_lora ] || $PY -m mmpt.library build --out libs/minilm_glue_lora "$OUT/experts"
     $PY -m mmpt.library show libs/minilm_glue_lora
 }

@@ -13,29 +13,12 @@
 #       into up to five streams, by dataset, which gives the same runs)
 #   bash scripts/results_minilm.sh archive multirun/minilm_library_algorithms/*  (config, metrics, log -> results/)
 #   python -m mmpt.report results/minilm_library_algorithms --baseline lora
-set -u
-cd "$(dirname "$0")/.."
-export OMP_NUM_THREADS=1 HYDRA_FULL_ERROR=1
-PY=${PYTHON:-.venv/bin/python}
-SEEDS=seed=0,1,2
-HELD_OUT=${HELD_OUT:-rte,cb}
+. "$(dirname "$0")/results_common.sh"
 OUT=multirun/minilm_library_algorithms
 LIB=libs/minilm_glue_lora
 MBC=libs/minilm_glue_mbc
-complete() { [ "$(ls "$1"/*/metrics.json 2>/dev/null | wc -l)" -ge "$2" ] && echo "skip $1 (done)"; }
-FEW="k_shot=32 $SEEDS trainer.epochs=20 trainer.max_steps=null trainer.batch_size=8 trainer.eval_every=null
-     dataset.max_length=128 optimizer.groups.head.lr=1e-2"
 
-expert() {  # as scripts/results_library.sh experts: one LoRA per task, seed 0, 200 steps of 32
-    for task in "$@"; do
-        extra=""
-        [ "$task" = sst2 ] && extra="dataset.val_fraction=0.02"
-        complete "$OUT/experts/$task" 1 && continue
-        $PY train.py -m experiment=minilm_glue method=lora method.rank=8 dataset="$task" seed=0 \
-            trainer.max_steps=200 trainer.batch_size=32 optimizer.groups.adapters.lr=3e-3 $extra \
-            hydra.sweep.dir="$OUT/experts/$task"
-    done
-}
+expert() { OUT="$OUT" bash scripts/results_library.sh train_experts "$@"; }  # as its experts (cola sst2 mrpc stsb)
 build_lib() {
     while [ "$(ls "$OUT"/experts/*/*/metrics.json 2>/dev/null | wc -l)" -lt 4 ]; do sleep 30; done
     [ -d "$LIB" ] || $PY -m mmpt.library build --out "$LIB" "$OUT/experts"
