@@ -259,13 +259,14 @@ def test_several_folders_make_one_report(tmp_path, capsys):
 
 
 def _overrides_run(d, model, quant, score, seed=0, regex="q|v"):
-    """A run of a sweep over backbones: its config holds derived keys (a target regex with `|`)."""
+    """A run of a sweep over backbones: its config holds a long key with `|` (a target regex).
+    (Not under model.targets: old runs' blocks there are dropped when settings are compared.)"""
     hydra = {"mode": "MULTIRUN", "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"},
              "runtime": {"choices": {"model": model, "method": "lora"}},
              "overrides": {"task": [f"model={model}", f"model.quantization={quant}", "method=lora", "dataset=cb",
                                     f"hydra.sweep.dir=x", f"seed={seed}"]}}
     fake_run(d, cfg(task="cb", seed=seed, model__build=model, model__quantization=quant,
-                    model__targets__attention=f"(.*{model}.*\\.({regex}))" * 12), score, hydra=hydra)
+                    method__target_modules=f"(.*{model}.*\\.({regex}))" * 12), score, hydra=hydra)
 
 
 def test_labels_name_the_overrides_and_table_cells_keep_their_columns(tmp_path):
